@@ -1,0 +1,236 @@
+"""The app factory: routes, middleware, error handlers, and the lifespan that owns resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any, TypedDict
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest import store as store_mod
+from ingest.auth import Authenticator
+from ingest.config import Settings
+from ingest.events import EventParser, Limits
+from ingest.geo import GeoLookup
+from ingest.jsonx import problem_response
+from ingest.logs import RequestContext, configure_logging
+from ingest.metrics import Metrics
+from ingest.problems import Problem
+from ingest.routes import ROUTES, WRITE_PATHS, Services
+from ingest.store import Store
+from ingest.writer import Writer
+
+log = structlog.get_logger("ingest.app")
+
+
+class State(TypedDict):
+    services: Services
+
+
+class DatabaseNotDurable(Exception):
+    """Postgres runs with fsync, synchronous_commit or full_page_writes off."""
+
+
+class WriteCORS:
+    """CORS for the write-key routes only: any origin, never credentials, preflight answered.
+
+    Partner routes get no CORS headers at all, so a browser cannot read their answers.
+    """
+
+    _PREFLIGHT = (
+        (b"access-control-allow-origin", b"*"),
+        (b"access-control-allow-methods", b"POST, OPTIONS"),
+        (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
+        (b"access-control-max-age", b"86400"),
+    )
+
+    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            await send(
+                {"type": "http.response.start", "status": 204, "headers": list(self._PREFLIGHT)}
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"access-control-allow-origin", b"*"))
+                headers.append((b"access-control-expose-headers", b"Retry-After, X-Request-Id"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def _request_id(request: Request) -> str | None:
+    rid = request.scope.get("ingest.request_id")
+    return rid if isinstance(rid, str) else None
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)  # noqa: S101  # registered for Problem only
+    return problem_response(exc, _request_id(request))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    """Router 404/405 and the like, in the same problem+json shape as our own errors."""
+    assert isinstance(exc, HTTPException)  # noqa: S101  # registered for HTTPException only
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(exc.status_code).phrase,
+        "status": exc.status_code,
+        "detail": exc.detail,
+    }
+    if (request_id := _request_id(request)) is not None:
+        body["instance"] = request_id
+    return Response(
+        orjson.dumps(body),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/problem+json",
+    )
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    # Logged with the type only: an exception's text may quote data (asyncpg's DETAIL does).
+    log.error("unhandled_error", error=type(exc).__name__)
+    return Response(
+        b'{"type":"about:blank","title":"Internal Server Error","status":500}',
+        status_code=500,
+        media_type="application/problem+json",
+    )
+
+
+async def check_durability(store: Store, metrics: Metrics) -> None:
+    settings = await store.durability_settings()
+    off = sorted(name for name, value in settings.items() if value != "on")
+    metrics.database_durable.set(0 if off else 1)
+    if off:
+        raise DatabaseNotDurable(
+            f"Postgres runs with {', '.join(off)} off: a 200 would not mean the event is safe. "
+            "Turn them on."
+        )
+
+
+async def _maintain(svc: Services) -> None:
+    """Keep tomorrow's partitions ready and forget message ids past the dedup window."""
+    while True:
+        await asyncio.sleep(3600)
+        try:
+            await svc.store.ensure_partitions()
+            window = timedelta(days=svc.settings.dedup_window_days)
+            await svc.store.purge_dedup(datetime.now(UTC) - window)
+        except Exception as exc:  # retried in an hour; the default partition covers the gap
+            log.warning("maintenance_failed", error=type(exc).__name__)
+
+
+def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlette:
+    """The ASGI app. ``settings.database_url`` must be set (the CLI starts an embedded Postgres
+    first when it is not)."""
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url")
+    dsn = settings.database_url.reveal()
+    metrics = metrics or Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        geo = GeoLookup.open(settings.geoip_path)
+        metrics.geoip_build.set(
+            datetime(
+                geo.build_date.year, geo.build_date.month, geo.build_date.day, tzinfo=UTC
+            ).timestamp()
+        )
+        pool = await store_mod.create_pool(
+            dsn,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            connect_timeout=settings.commit_timeout_s,
+        )
+        store = Store(pool)
+        try:
+            await check_durability(store, metrics)
+            await store.ensure_partitions()
+        except BaseException:
+            await pool.close()
+            geo.close()
+            raise
+        writer = Writer(
+            store,
+            metrics,
+            connections=settings.writer_connections,
+            max_batch_events=settings.writer_max_batch_events,
+            max_queued_events=settings.writer_queue_events,
+            commit_timeout_s=settings.commit_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
+        await writer.start()
+        limits = Limits(
+            max_event_bytes=settings.max_event_bytes,
+            max_depth=settings.max_depth,
+            max_properties=settings.max_properties,
+            max_message_id_chars=settings.max_message_id_chars,
+            max_name_chars=settings.max_name_chars,
+            max_id_chars=settings.max_id_chars,
+            skew_threshold_s=settings.skew_threshold_s,
+            max_future_s=settings.max_future_s,
+        )
+        svc = Services(
+            settings=settings,
+            store=store,
+            writer=writer,
+            geo=geo,
+            parser=EventParser(limits, geo.lookup),
+            auth=Authenticator(store, settings.key_cache_ttl_s),
+            metrics=metrics,
+        )
+        maintenance = asyncio.create_task(_maintain(svc), name="ingest-maintenance")
+        try:
+            yield {"services": svc}
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await writer.stop()
+            await pool.close()
+            geo.close()
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[
+            Middleware(RequestContext, metrics=metrics),
+            Middleware(WriteCORS, paths=WRITE_PATHS),
+        ],
+        exception_handlers={
+            Problem: _on_problem,
+            HTTPException: _on_http_exception,
+            Exception: _on_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """Factory for worker processes (``ingest serve --workers N``): each reads the environment
+    that the parent process prepared, database URL included."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,86 @@
+"""Reading request bodies within limits, gzip included.
+
+The size limit applies to the decoded body and is enforced while streaming, so a gzip bomb costs
+at most the limit in memory, never its inflated size: nobody gets more room by arriving compressed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Final
+
+from starlette.requests import Request
+
+from ingest.problems import InvalidBody, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES: Final = frozenset({"application/json", "text/plain", ""})
+
+
+def check_content_type(request: Request) -> None:
+    # text/plain is what navigator.sendBeacon and the Segment browser SDK send, to skip preflight.
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise UnsupportedMediaType(
+            "the body must be application/json or text/plain", accepted=sorted(JSON_TYPES - {""})
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if "," in encoding:
+        raise UnsupportedMediaType("one content encoding at most (gzip); chains are refused")
+    if encoding not in ("identity", "gzip", "x-gzip", ""):
+        raise UnsupportedMediaType("the content encoding must be gzip or identity")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {int(declared)} bytes; the limit is {limit}",
+            limit=limit,
+            size=int(declared),
+        )
+    if encoding in ("gzip", "x-gzip"):
+        return await _read_gzip(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the body is more than {limit} bytes; the limit is {limit}", limit=limit
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_gzip(request: Request, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out: list[bytes] = []
+    size = 0
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(
+                    f"the compressed body is more than {limit} bytes", limit=limit
+                )
+            if inflater.eof:
+                if chunk:
+                    raise InvalidBody("data follows the end of the gzip stream")
+                continue
+            # max_length stops inflating one byte past the limit: the rest is never expanded.
+            piece = inflater.decompress(chunk, limit - size + 1)
+            size += len(piece)
+            if size > limit or inflater.unconsumed_tail:
+                raise PayloadTooLarge(
+                    f"the body inflates to more than {limit} bytes; the limit is {limit}",
+                    limit=limit,
+                )
+            out.append(piece)
+            if inflater.unused_data:
+                raise InvalidBody("data follows the end of the gzip stream")
+    except zlib.error:
+        raise InvalidBody("the body is not valid gzip") from None
+    if not inflater.eof:
+        raise InvalidBody("the gzip stream is truncated")
+    return b"".join(out)

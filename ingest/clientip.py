@@ -1,0 +1,42 @@
+"""Which address a request came from: the socket peer, or X-Forwarded-For from trusted proxies.
+
+The address is used for one GeoIP lookup and then dropped; nothing here stores or logs it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from ingest.config import IPNetwork
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse(value: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def _trusted(ip: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
+    return any(ip.version == net.version and ip in net for net in proxies)
+
+
+def client_ip(
+    peer: str | None, forwarded_for: str | None, proxies: Sequence[IPNetwork]
+) -> IPAddress | None:
+    """The client's address. X-Forwarded-For is read only when the peer is a trusted proxy,
+    right to left, and the first hop that is not itself a trusted proxy is the client: anything
+    further left was written by the client and could be forged."""
+    ip = _parse(peer) if peer else None
+    if ip is None or not forwarded_for or not proxies or not _trusted(ip, proxies):
+        return ip
+    for hop in reversed(forwarded_for.split(",")):
+        hop_ip = _parse(hop)
+        if hop_ip is None:
+            return None  # a malformed chain: better no location than a forged one
+        if not _trusted(hop_ip, proxies):
+            return hop_ip
+    return ip

@@ -1,0 +1,182 @@
+"""Settings, read once from ``INGEST_*`` environment variables and passed down explicitly.
+
+There is no module-level settings object: ``cli`` builds one with ``Settings.from_env()`` and tests
+construct ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more environment variables are invalid; the message lists every one of them."""
+
+
+class Secret:
+    """A string that never prints itself (database URLs carry passwords)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def default_data_dir() -> Path:
+    """Where the embedded Postgres keeps its files when none is configured."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ingest"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    # None: start the embedded Postgres (pgserver) under data_dir.
+    database_url: Secret | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    # None: the GeoLite2 City database bundled by maxminddb-geolite2 (2018), announced at start.
+    geoip_path: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    # Peers allowed to set X-Forwarded-For (load balancers); empty trusts no header.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    log_level: str = "info"
+    log_format: str = "auto"  # "json", "console", or "auto" (console on a tty)
+
+    # Limits (documented in the README): Segment's are 32 KB per event and 500 KB per batch.
+    max_body_bytes: int = 512 * 1024
+    max_event_bytes: int = 32 * 1024
+    max_batch_events: int = 1000
+    max_depth: int = 32
+    max_properties: int = 1000
+    max_message_id_chars: int = 100
+    max_name_chars: int = 200
+    max_id_chars: int = 256
+
+    # Clock skew: corrected only past this many seconds so transit time never reorders events.
+    skew_threshold_s: float = 60.0
+    # A timestamp further in the future than this (after correction) is clamped to received_at.
+    max_future_s: float = 3600.0
+    # Retries with the same message_id within this window are stored once (RudderStack: 7 days).
+    dedup_window_days: int = 7
+
+    # Group-commit writer (see writer.py).
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    writer_connections: int = 2
+    writer_max_batch_events: int = 5000
+    writer_queue_events: int = 50_000
+    commit_timeout_s: float = 5.0
+    retry_after_s: int = 2
+
+    # Key lookups are cached this long: a revoked key is refused by every worker within it.
+    key_cache_ttl_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse every ``INGEST_*`` variable; raise one ConfigError that lists all bad ones."""
+        env = os.environ if environ is None else environ
+        errors: list[str] = []
+        kwargs: dict[str, object] = {}
+
+        def take(name: str, attr: str, cast: Callable[[str], object]) -> None:
+            raw = env.get(f"INGEST_{name}")
+            if raw is None or raw == "":
+                return
+            try:
+                kwargs[attr] = cast(raw)
+            except (ValueError, TypeError) as exc:
+                errors.append(f"INGEST_{name}: {exc}")
+
+        take("DATABASE_URL", "database_url", Secret)
+        take("DATA_DIR", "data_dir", Path)
+        take("GEOIP_DB", "geoip_path", Path)
+        take("HOST", "host", str)
+        take("PORT", "port", _port)
+        take("WORKERS", "workers", _positive_int)
+        take("TRUSTED_PROXIES", "trusted_proxies", _networks)
+        take("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"))
+        take("LOG_FORMAT", "log_format", _choice("auto", "json", "console"))
+        take("MAX_BODY_BYTES", "max_body_bytes", _positive_int)
+        take("MAX_EVENT_BYTES", "max_event_bytes", _positive_int)
+        take("MAX_BATCH_EVENTS", "max_batch_events", _positive_int)
+        take("MAX_DEPTH", "max_depth", _positive_int)
+        take("MAX_PROPERTIES", "max_properties", _positive_int)
+        take("SKEW_THRESHOLD_SECONDS", "skew_threshold_s", _non_negative_float)
+        take("MAX_FUTURE_SECONDS", "max_future_s", _non_negative_float)
+        take("DEDUP_WINDOW_DAYS", "dedup_window_days", _positive_int)
+        take("POOL_MAX_SIZE", "pool_max_size", _positive_int)
+        take("WRITER_CONNECTIONS", "writer_connections", _positive_int)
+        take("WRITER_MAX_BATCH_EVENTS", "writer_max_batch_events", _positive_int)
+        take("WRITER_QUEUE_EVENTS", "writer_queue_events", _positive_int)
+        take("COMMIT_TIMEOUT_SECONDS", "commit_timeout_s", _positive_float)
+        take("KEY_CACHE_TTL_SECONDS", "key_cache_ttl_s", _non_negative_float)
+        if errors:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        return cls(**kwargs)  # type: ignore[arg-type]  # values were cast per field above
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number (0-65535), got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"must be a positive number, got {value}")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError(f"must be zero or more, got {value}")
+    return value
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        value = raw.lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return cast

@@ -1,0 +1,529 @@
+"""Turns posted events into rows: validate, correct the clock, hash PII, drop IPs and device ids.
+
+Pure code (no starlette, no asyncpg). What leaves this module is a row tuple for COPY plus
+per-event results; a raw email, phone, IP or device id never survives into either.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+
+from ingest import pii
+from ingest.geo import GeoResult
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+EVENT_TYPES: Final = frozenset({"track", "identify", "page", "screen", "group", "alias"})
+
+# Column order of the COPY into events; Row tuples follow it exactly.
+COLUMNS: Final = (
+    "project_id",
+    "received_at",
+    "message_id",
+    "type",
+    "event",
+    "user_id",
+    "anonymous_id",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "app_id",
+    "country",
+    "region",
+    "email_sha256",
+    "email_google_sha256",
+    "phone_sha256",
+    "phone_e164_sha256",
+    "properties",
+    "traits",
+    "context",
+)
+Row = tuple[Any, ...]
+
+# Field spellings accepted on input: native snake_case and Segment's camelCase.
+_ALIASES: Final = {
+    "userId": "user_id",
+    "anonymousId": "anonymous_id",
+    "messageId": "message_id",
+    "sentAt": "sent_at",
+    "originalTimestamp": "original_timestamp",
+    "appId": "app_id",
+    "groupId": "group_id",
+    "previousId": "previous_id",
+}
+# Normalized keys whose values are IP addresses wherever they appear (T16).
+_IP_KEYS: Final = frozenset(
+    {
+        "ip",
+        "ipaddress",
+        "clientip",
+        "remoteip",
+        "userip",
+        "ipv4",
+        "ipv6",
+        "remoteaddr",
+        "xforwardedfor",
+        "forwardedfor",
+        "realip",
+    }
+)
+# Device identifiers (IDFA, GAID, vendor ids): kept only until forwarded, and nothing forwards yet.
+_DEVICE_ID_KEYS: Final = frozenset(
+    {
+        "advertisingid",
+        "adid",
+        "idfa",
+        "idfv",
+        "gaid",
+        "googleadvertisingid",
+        "androidid",
+        "deviceadvertisingid",
+        "adtrackingid",
+    }
+)
+_IPV6_CHARS: Final = re.compile(r"^[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]+)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_event_bytes: int = 32 * 1024
+    max_depth: int = 32
+    max_properties: int = 1000
+    max_message_id_chars: int = 100
+    max_name_chars: int = 200
+    max_id_chars: int = 256
+    skew_threshold_s: float = 60.0
+    max_future_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """Why an event was rejected, or what was changed in an accepted one (a warning)."""
+
+    index: int
+    code: str
+    field: str | None
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "code": self.code, "field": self.field, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What the request knows about where its events come from."""
+
+    project_id: uuid.UUID
+    default_country: str | None
+    received_at: datetime
+    peer_geo: GeoResult | None
+    # context.ip is believed only from the partner's servers (secret or server-side write key).
+    trust_context_ip: bool = False
+
+
+@dataclass(slots=True)
+class Parsed:
+    rows: list[Row] = field(default_factory=list)
+    # The index in the request of each row, so the writer's per-row outcome maps back.
+    indexes: list[int] = field(default_factory=list)
+    rejected: list[Issue] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, field: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.field, self.reason = code, field, reason
+
+
+class EventParser:
+    """Parses events of one request against the limits; shared by every request of an app."""
+
+    def __init__(self, limits: Limits, lookup: Callable[[IPAddress], GeoResult | None]) -> None:
+        self.limits = limits
+        self._lookup = lookup
+
+    def parse(self, items: list[Any], source: Source, *, sent_at: Any = None) -> Parsed:
+        """``sent_at`` is the batch-level one (Segment batches carry it beside ``batch``)."""
+        out = Parsed()
+        for index, item in enumerate(items):
+            warnings: list[Issue] = []
+            try:
+                row = self._parse_one(index, item, source, sent_at, warnings)
+            except _Reject as rej:
+                out.rejected.append(Issue(index, rej.code, rej.field, rej.reason))
+                continue
+            out.rows.append(row)
+            out.indexes.append(index)
+            out.warnings.extend(warnings)
+        return out
+
+    def _parse_one(
+        self, index: int, item: Any, source: Source, batch_sent_at: Any, warnings: list[Issue]
+    ) -> Row:
+        if not isinstance(item, dict):
+            raise _Reject("invalid_type", None, "an event must be a JSON object")
+        ev: dict[str, Any] = {_ALIASES.get(k) or k: v for k, v in item.items()}
+        lim = self.limits
+
+        kind = ev.get("type", "track")
+        if kind not in EVENT_TYPES:
+            raise _Reject("invalid_type", "type", f"type must be one of {sorted(EVENT_TYPES)}")
+
+        name = _optional_str(ev, "event", lim.max_name_chars)
+        if name is None and kind in ("page", "screen"):
+            name = _optional_str(ev, "name", lim.max_name_chars)
+        if kind == "track" and not name:
+            raise _Reject("missing_field", "event", "a track event needs an event name")
+        if name is not None and (pii.looks_like_email(name) or ("@" in name and _has_email(name))):
+            raise _Reject("pii_in_name", "event", "an event name must not contain an email address")
+
+        user_id = _identifier(ev, "user_id", lim.max_id_chars)
+        anonymous_id = _identifier(ev, "anonymous_id", lim.max_id_chars)
+        if user_id is None and anonymous_id is None:
+            raise _Reject("missing_field", "user_id", "an event needs user_id or anonymous_id")
+
+        message_id = _optional_str(ev, "message_id", lim.max_message_id_chars)
+        if message_id is None:
+            # As Segment does; retries of such an event cannot be deduplicated (documented).
+            message_id = str(uuid.uuid4())
+
+        app_id = _optional_str(ev, "app_id", lim.max_name_chars)
+        received_at = source.received_at
+        client_ts = _optional_time(ev, "timestamp")
+        sent_at = _optional_time(ev, "sent_at")
+        if sent_at is None and batch_sent_at is not None:
+            sent_at = _parse_time(batch_sent_at, "sent_at")
+        timestamp = self._corrected(client_ts, sent_at, received_at, index, warnings)
+
+        properties = _object(ev, "properties")
+        traits = _object(ev, "traits")
+        context = _object(ev, "context")
+        # group and alias carry a second id; it is kept in properties, checked like user_id.
+        for extra in ("group_id", "previous_id"):
+            value = _identifier(ev, extra, lim.max_id_chars)
+            if value is not None:
+                properties[extra] = value
+
+        if len(properties) > lim.max_properties:
+            raise _Reject(
+                "too_many_properties",
+                "properties",
+                f"properties has {len(properties)} keys; the limit is {lim.max_properties}",
+            )
+
+        geo = source.peer_geo
+        context_ip = context.get("ip")
+        if source.trust_context_ip and isinstance(context_ip, str):
+            ip = _parse_ip(context_ip)
+            if ip is None:
+                warnings.append(Issue(index, "invalid_ip", "context.ip", "not an IP address"))
+            else:
+                geo = self._lookup(ip)
+
+        found = _Found()
+        scrub = _Scrubber(source.default_country, lim.max_depth, index, warnings, found)
+        scrub.walk_object(traits, "traits", rank=0)
+        ctx_traits = context.pop("traits", None)
+        if isinstance(ctx_traits, dict):
+            scrub.walk_object(ctx_traits, "context.traits", rank=1)
+        scrub.walk_object(properties, "properties", rank=2)
+        scrub.walk_object(context, "context", rank=3)
+        if ctx_traits is not None:
+            if not isinstance(ctx_traits, dict):
+                raise _Reject("invalid_type", "context.traits", "context.traits must be an object")
+            context["traits"] = ctx_traits
+
+        try:
+            props_json = orjson.dumps(properties)
+            traits_json = orjson.dumps(traits)
+            context_json = orjson.dumps(context)
+        except TypeError as exc:  # e.g. an integer beyond 64 bits; orjson names no value
+            raise _Reject("invalid_value", None, "a value cannot be stored as JSON") from exc
+        size = len(props_json) + len(traits_json) + len(context_json)
+        if size > lim.max_event_bytes:
+            raise _Reject(
+                "event_too_large",
+                None,
+                f"the event is {size} bytes; the limit is {lim.max_event_bytes}",
+            )
+
+        email, phone = found.email, found.phone
+        return (
+            source.project_id,
+            received_at,
+            message_id,
+            kind,
+            name,
+            user_id,
+            anonymous_id,
+            timestamp,
+            client_ts,
+            sent_at,
+            app_id,
+            geo.country if geo else None,
+            geo.region if geo else None,
+            email.sha256 if email else None,
+            email.google_sha256 if email else None,
+            phone.sha256 if phone else None,
+            phone.e164_sha256 if phone else None,
+            props_json,
+            traits_json,
+            context_json,
+        )
+
+    def _corrected(
+        self,
+        client_ts: datetime | None,
+        sent_at: datetime | None,
+        received_at: datetime,
+        index: int,
+        warnings: list[Issue],
+    ) -> datetime:
+        """Segment's skew correction: timestamp = received_at - (sent_at - timestamp)."""
+        if client_ts is None:
+            return received_at
+        timestamp = client_ts
+        if sent_at is not None:
+            skew = received_at - sent_at
+            # Below the threshold the difference is transit time, not a wrong clock: leave it,
+            # so that events of one session keep their order.
+            if abs(skew.total_seconds()) > self.limits.skew_threshold_s:
+                try:
+                    timestamp = client_ts + skew
+                except OverflowError:
+                    timestamp = received_at
+        if timestamp > received_at + timedelta(seconds=self.limits.max_future_s):
+            warnings.append(
+                Issue(index, "timestamp_clamped", "timestamp", "in the future; set to received_at")
+            )
+            timestamp = received_at
+        return timestamp
+
+
+@dataclass(slots=True)
+class _Found:
+    email: pii.EmailDigest | None = None
+    email_rank: int = 99
+    phone: pii.PhoneDigest | None = None
+    phone_rank: int = 99
+
+
+class _Scrubber:
+    """One pass over a JSON tree: depth and U+0000 checks, PII hashed in place, IPs dropped."""
+
+    __slots__ = ("country", "found", "index", "max_depth", "warnings")
+
+    def __init__(
+        self,
+        country: str | None,
+        max_depth: int,
+        index: int,
+        warnings: list[Issue],
+        found: _Found,
+    ) -> None:
+        self.country = country
+        self.max_depth = max_depth
+        self.index = index
+        self.warnings = warnings
+        self.found = found
+
+    def walk_object(self, obj: dict[str, Any], path: str, rank: int, depth: int = 1) -> None:
+        if depth > self.max_depth:
+            raise _Reject("too_deep", path, f"nesting is deeper than {self.max_depth} levels")
+        for key in list(obj):
+            value = obj[key]
+            new_key = self._key(key, path)
+            if new_key is not key:
+                del obj[key]
+                obj[new_key] = value
+                key = new_key
+            nkey = pii.normalize_key(key)
+            child = f"{path}.{key}"
+            if nkey in _IP_KEYS or nkey in _DEVICE_ID_KEYS:
+                del obj[key]
+            elif isinstance(value, str):
+                replaced = self._string(value, nkey, child, rank if depth == 1 else 9)
+                if replaced is None:
+                    del obj[key]
+                elif replaced is not value:
+                    obj[key] = replaced
+            elif isinstance(value, dict):
+                self.walk_object(value, child, 9, depth + 1)
+            elif isinstance(value, list):
+                self.walk_list(value, child, nkey, depth + 1)
+            elif nkey in pii.PHONE_KEYS and isinstance(value, int) and not isinstance(value, bool):
+                # Phones sent as JSON numbers are still phones.
+                replaced = self._string(str(value), nkey, child, rank if depth == 1 else 9)
+                if replaced is None:
+                    del obj[key]
+                else:
+                    obj[key] = replaced
+
+    def walk_list(self, items: list[Any], path: str, nkey: str, depth: int) -> None:
+        if depth > self.max_depth:
+            raise _Reject("too_deep", path, f"nesting is deeper than {self.max_depth} levels")
+        for i, value in enumerate(items):
+            if isinstance(value, str):
+                items[i] = self._string(value, nkey, f"{path}[{i}]", 9)
+            elif isinstance(value, dict):
+                self.walk_object(value, f"{path}[{i}]", 9, depth + 1)
+            elif isinstance(value, list):
+                self.walk_list(value, f"{path}[{i}]", nkey, depth + 1)
+
+    def _key(self, key: str, path: str) -> str:
+        if "\x00" in key:
+            raise _Reject("nul_character", path, "a key contains U+0000, which Postgres refuses")
+        if "@" in key or "%40" in key:
+            if pii.looks_like_email(key):
+                return pii.sha256_hex(pii.normalize_email(_unwrap_email(key)) or key)
+            return pii.redact_emails(key)
+        return key
+
+    def _string(self, value: str, nkey: str, path: str, rank: int) -> str | None:
+        """The value to store instead of ``value``; None drops it."""
+        if "\x00" in value:
+            raise _Reject("nul_character", path, "a string contains U+0000, which Postgres refuses")
+        if nkey in pii.EMAIL_KEYS:
+            email = pii.hash_email(value)
+            if email is None:
+                self.warnings.append(
+                    Issue(self.index, "email_invalid", path, "not an email address; dropped")
+                )
+                return None
+            self._found_email(email, rank)
+            return email.sha256
+        if nkey in pii.PHONE_KEYS:
+            phone = pii.hash_phone(value, self.country)
+            if phone is None:
+                self.warnings.append(
+                    Issue(
+                        self.index,
+                        "phone_unmatchable",
+                        path,
+                        "the phone number could not be normalized (a national number needs the "
+                        "project's default country); no digest stored",
+                    )
+                )
+                return None
+            self._found_phone(phone, rank)
+            return phone.sha256
+        if "@" in value or "%40" in value:
+            if pii.looks_like_email(value):
+                email = pii.hash_email(value)
+                if email is not None:
+                    self._found_email(email, 9)
+                    return email.sha256
+            return pii.redact_emails(value)
+        first = value[:1]
+        if first and (first in "+(t0123456789") and pii.looks_like_phone(value):
+            phone = pii.hash_phone(value, self.country)
+            if phone is None:
+                return None
+            self._found_phone(phone, 9)
+            return phone.sha256
+        if ":" in value and _IPV6_CHARS.match(value) and _parse_ip(value) is not None:
+            return None  # an IPv6 literal is unambiguous wherever it appears
+        return value
+
+    def _found_email(self, email: pii.EmailDigest, rank: int) -> None:
+        if rank < self.found.email_rank:
+            self.found.email, self.found.email_rank = email, rank
+
+    def _found_phone(self, phone: pii.PhoneDigest, rank: int) -> None:
+        if rank < self.found.phone_rank:
+            self.found.phone, self.found.phone_rank = phone, rank
+
+
+def _unwrap_email(value: str) -> str:
+    value = value.strip()
+    if value[:7].lower() == "mailto:":
+        value = value[7:]
+    return value.replace("%40", "@")
+
+
+def _has_email(text: str) -> bool:
+    return pii.redact_emails(text) != text
+
+
+def _optional_str(ev: dict[str, Any], name: str, max_chars: int) -> str | None:
+    value = ev.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Reject("invalid_type", name, f"{name} must be a string")
+    if len(value) > max_chars:
+        raise _Reject(
+            "too_long", name, f"{name} is {len(value)} characters; the limit is {max_chars}"
+        )
+    if "\x00" in value:
+        raise _Reject("nul_character", name, f"{name} contains U+0000, which Postgres refuses")
+    return value
+
+
+def _identifier(ev: dict[str, Any], name: str, max_chars: int) -> str | None:
+    value = ev.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # SDKs send numeric user ids; Segment stores them as strings
+        ev[name] = value
+    text = _optional_str(ev, name, max_chars)
+    if text is None or text == "":
+        return None
+    # Refused rather than hashed: the partner's key would silently change (RELIABILITY 4.6).
+    if "@" in text or "%40" in text:
+        if pii.looks_like_email(text) or _has_email(text):
+            raise _Reject(
+                f"{name}_is_email", name, f"{name} must not be an email address; send it in traits"
+            )
+    elif pii.looks_like_phone(text):
+        raise _Reject(
+            f"{name}_is_phone", name, f"{name} must not be a phone number; send it in traits"
+        )
+    return text
+
+
+def _object(ev: dict[str, Any], name: str) -> dict[str, Any]:
+    value = ev.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Reject("invalid_type", name, f"{name} must be a JSON object")
+    return value
+
+
+def _optional_time(ev: dict[str, Any], name: str) -> datetime | None:
+    value = ev.get(name)
+    if value is None:
+        return None
+    return _parse_time(value, name)
+
+
+def _parse_time(value: Any, name: str) -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise _Reject("invalid_timestamp", name, f"{name} must be an ISO 8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _Reject("invalid_timestamp", name, f"{name} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # a time without an offset is taken as UTC
+    return parsed
+
+
+def _parse_ip(value: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

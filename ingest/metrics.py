@@ -1,0 +1,99 @@
+"""Every Prometheus metric of the service, on a registry of its own per app.
+
+Label values come from fixed sets (route templates, reason codes): never a user id, an event name
+or anything a client chose, so a flood of distinct values cannot explode the series count.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ingest_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "ingest_request_duration_seconds",
+            "Time from the request's first byte to its answer.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events_accepted = Counter(
+            "ingest_events_accepted",
+            "Events acknowledged (stored, or a stored duplicate).",
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "ingest_events_duplicate",
+            "Events whose (project, message_id) was already stored.",
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "ingest_events_rejected", "Events refused, by reason code.", ["reason"], registry=r
+        )
+        self.events_warnings = Counter(
+            "ingest_event_warnings",
+            "Accepted events that were changed, by code.",
+            ["code"],
+            registry=r,
+        )
+        self.geoip_lookups = Counter(
+            "ingest_geoip_lookups", "Client IPs looked up in the GeoIP database.", registry=r
+        )
+        self.geoip_misses = Counter(
+            "ingest_geoip_misses", "Client IPs the GeoIP database does not know.", registry=r
+        )
+        self.geoip_build = Gauge(
+            "ingest_geoip_database_build_timestamp_seconds",
+            "Build time of the GeoIP database in use (Unix time).",
+            registry=r,
+        )
+        self.write_batch_events = Histogram(
+            "ingest_write_batch_size",
+            "Events per group commit.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "ingest_write_duration_seconds",
+            "Time to COPY and commit one batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_wait_seconds = Histogram(
+            "ingest_write_wait_seconds",
+            "Time a request's events waited for their commit.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.write_errors = Counter(
+            "ingest_write_errors",
+            "Failed group commits, by kind (transient or data).",
+            ["kind"],
+            registry=r,
+        )
+        self.writer_queue_events = Gauge(
+            "ingest_writer_queue_events", "Events waiting for the writer.", registry=r
+        )
+        self.unavailable = Counter(
+            "ingest_unavailable", "Requests answered 503, by reason.", ["reason"], registry=r
+        )
+        self.pool_connections = Gauge(
+            "ingest_pool_connections",
+            "Database pool connections, by state.",
+            ["state"],
+            registry=r,
+        )
+        self.database_durable = Gauge(
+            "ingest_database_durable",
+            "1 when fsync, synchronous_commit and full_page_writes are all on, else 0.",
+            registry=r,
+        )

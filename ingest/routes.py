@@ -1,0 +1,295 @@
+"""HTTP handlers. They parse and answer; storage goes through Store and Writer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest import bodies
+from ingest.auth import Authenticator, presented_key
+from ingest.clientip import IPAddress, client_ip
+from ingest.config import Settings
+from ingest.events import EventParser, Issue, Parsed, Source, now
+from ingest.geo import GeoLookup, GeoResult
+from ingest.jsonx import JSONResponse
+from ingest.keys import KeyKind
+from ingest.logs import LOG_STATE
+from ingest.metrics import Metrics
+from ingest.problems import (
+    Forbidden,
+    InvalidBody,
+    InvalidJSON,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    ValidationFailed,
+)
+from ingest.store import KeyRecord, Store
+from ingest.writer import Outcome, Writer
+
+# Routes that browsers' SDKs post to with a write key: CORS applies to exactly these.
+WRITE_PATHS: Final = frozenset({"/v1/events"})
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the lifespan builds and every handler reads, instead of module globals."""
+
+    settings: Settings
+    store: Store
+    writer: Writer
+    geo: GeoLookup
+    parser: EventParser
+    auth: Authenticator
+    metrics: Metrics
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.state.services
+    return svc
+
+
+def _log(request: Request, **fields: Any) -> None:
+    request.scope[LOG_STATE].update(fields)
+
+
+def _project_header(request: Request) -> uuid.UUID:
+    raw = request.headers.get("x-ingest-project-id", "")
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Forbidden(
+            "a secret key posts events for one of its projects: name it in X-Ingest-Project-Id"
+        ) from None
+
+
+async def post_events(request: Request) -> Response:
+    svc = services(request)
+    key = await svc.auth.lookup(presented_key(request))
+    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    if key.kind is KeyKind.WRITE:
+        assert key.project_id is not None  # noqa: S101  # a CHECK constraint guarantees it
+        project_id, country = key.project_id, key.default_country
+        trusted = key.is_server_side
+    else:
+        project_id = _project_header(request)
+        project = await svc.store.get_project(key.org_id, project_id)
+        if project is None:
+            raise NotFound("no such project")
+        country, trusted = project.default_country, True
+    _log(request, project_id=str(project_id))
+
+    bodies.check_content_type(request)
+    raw = await bodies.read_body(request, svc.settings.max_body_bytes)
+    doc = _loads(raw)
+    items, batch_sent_at, is_batch = _items(doc)
+    limit = svc.settings.max_batch_events
+    if len(items) > limit:
+        raise PayloadTooLarge(
+            f"the batch has {len(items)} events; the limit is {limit}", limit=limit, size=len(items)
+        )
+
+    ip = client_ip(
+        request.client.host if request.client else None,
+        request.headers.get("x-forwarded-for"),
+        svc.settings.trusted_proxies,
+    )
+    source = Source(
+        project_id=project_id,
+        default_country=country,
+        received_at=now(),
+        peer_geo=_geo(svc, ip),
+        trust_context_ip=trusted,
+    )
+    parsed = svc.parser.parse(items, source, sent_at=batch_sent_at)
+    if not is_batch and parsed.rejected:
+        _count_rejected(svc.metrics, parsed.rejected)
+        _log(request, events_accepted=0, events_rejected=1)
+        issue = parsed.rejected[0]
+        if issue.code == "event_too_large":
+            raise PayloadTooLarge(
+                issue.reason, limit=svc.settings.max_event_bytes, errors=[issue.as_dict()]
+            )
+        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+
+    outcomes = await svc.writer.submit(parsed.rows)
+    return _answer(request, svc, parsed, outcomes, is_batch)
+
+
+def _answer(
+    request: Request, svc: Services, parsed: Parsed, outcomes: list[Outcome], is_batch: bool
+) -> Response:
+    rejected = list(parsed.rejected)
+    duplicates = 0
+    for index, outcome in zip(parsed.indexes, outcomes, strict=True):
+        if outcome is Outcome.REJECTED:
+            rejected.append(Issue(index, "store_rejected", None, "the database refused this event"))
+        elif outcome is Outcome.DUPLICATE:
+            duplicates += 1
+    accepted = len(outcomes) - (len(rejected) - len(parsed.rejected))
+    m = svc.metrics
+    m.events_accepted.inc(accepted)
+    m.events_duplicate.inc(duplicates)
+    _count_rejected(m, rejected)
+    for warning in parsed.warnings:
+        m.events_warnings.labels(code=warning.code).inc()
+    _log(request, events_accepted=accepted, events_rejected=len(rejected))
+    if not is_batch and rejected:
+        raise ValidationFailed(rejected[0].reason, errors=[rejected[0].as_dict()])
+    rejected.sort(key=lambda issue: issue.index)
+    return JSONResponse(
+        {
+            "accepted": accepted,
+            "duplicates": duplicates,
+            "rejected": [issue.as_dict() for issue in rejected],
+            "warnings": [issue.as_dict() for issue in parsed.warnings],
+        }
+    )
+
+
+def _count_rejected(metrics: Metrics, rejected: list[Issue]) -> None:
+    for issue in rejected:
+        metrics.events_rejected.labels(reason=issue.code).inc()
+
+
+def _geo(svc: Services, ip: IPAddress | None) -> GeoResult | None:
+    if ip is None:
+        return None
+    svc.metrics.geoip_lookups.inc()
+    found = svc.geo.lookup(ip)
+    if found is None:
+        svc.metrics.geoip_misses.inc()
+    return found
+
+
+def _loads(raw: bytes) -> Any:
+    if not raw.strip():
+        raise InvalidJSON("the body is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        # The position only: orjson's message can quote the offending input.
+        raise InvalidJSON(f"the body is not valid JSON (at byte {exc.pos})") from None
+
+
+def _items(doc: Any) -> tuple[list[Any], Any, bool]:
+    """(events, batch-level sent_at, whether the body was a batch)."""
+    if isinstance(doc, list):
+        return doc, None, True
+    if not isinstance(doc, dict):
+        raise InvalidBody('the body must be an event object or {"batch": [...]}')
+    if "batch" in doc:
+        batch = doc["batch"]
+        if not isinstance(batch, list):
+            raise InvalidBody("batch must be an array of events", field="batch")
+        return batch, doc.get("sent_at", doc.get("sentAt")), True
+    return [doc], None, False
+
+
+async def post_projects(request: Request) -> Response:
+    svc = services(request)
+    key = await svc.auth.secret_key(request)
+    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    bodies.check_content_type(request)
+    doc = _loads(await bodies.read_body(request, 64 * 1024))
+    if not isinstance(doc, dict):
+        raise InvalidBody("the body must be a JSON object")
+    errors: list[dict[str, str]] = []
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
+        errors.append({"field": "name", "reason": "a non-empty string of at most 200 characters"})
+    country = doc.get("default_country")
+    if country is not None and (
+        not isinstance(country, str)
+        or len(country) != 2
+        or not country.isascii()
+        or not country.isalpha()
+    ):
+        errors.append({"field": "default_country", "reason": "an ISO 3166 alpha-2 code or null"})
+    if errors:
+        raise ValidationFailed("the project is invalid", errors=errors)
+    assert isinstance(name, str)  # noqa: S101  # narrowed by the checks above
+    project, write_key = await svc.store.create_project(
+        key.org_id, name.strip(), country.upper() if isinstance(country, str) else None
+    )
+    _log(request, project_id=str(project.project_id))
+    return JSONResponse({**project.as_dict(), "write_key": write_key.as_dict()}, status_code=201)
+
+
+async def post_project_keys(request: Request) -> Response:
+    """Issue another write key for a project; ``server_side`` marks one whose context.ip is
+    trusted (a partner's server forwarding its users' events)."""
+    svc = services(request)
+    key = await svc.auth.secret_key(request)
+    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    project = await _own_project(svc, key, request.path_params["project_id"])
+    bodies.check_content_type(request)
+    raw = await bodies.read_body(request, 64 * 1024)
+    doc = _loads(raw) if raw.strip() else {}
+    if not isinstance(doc, dict):
+        raise InvalidBody("the body must be a JSON object")
+    server_side = doc.get("server_side", False)
+    if not isinstance(server_side, bool):
+        raise ValidationFailed(
+            "server_side must be a boolean", errors=[{"field": "server_side", "reason": "boolean"}]
+        )
+    issued = await svc.store.create_write_key(key.org_id, project.project_id, server_side)
+    return JSONResponse(
+        {**issued.as_dict(), "project_id": str(project.project_id), "server_side": server_side},
+        status_code=201,
+    )
+
+
+async def _own_project(svc: Services, key: KeyRecord, raw_id: str) -> Any:
+    try:
+        project_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise NotFound("no such project") from None
+    # Another organization's project answers exactly like a missing one: no oracle.
+    project = await svc.store.get_project(key.org_id, project_id)
+    if project is None:
+        raise NotFound("no such project")
+    return project
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    svc = services(request)
+    try:
+        async with asyncio.timeout(2.0):
+            await svc.store.ping()
+    except Exception:  # any failure means "not ready"; the reason is in the database's log
+        raise Unavailable(
+            "the database does not answer", retry_after=svc.settings.retry_after_s
+        ) from None
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    svc = services(request)
+    pool = svc.store.pool
+    svc.metrics.pool_connections.labels(state="size").set(pool.get_size())
+    svc.metrics.pool_connections.labels(state="idle").set(pool.get_idle_size())
+    svc.metrics.pool_connections.labels(state="max").set(pool.get_max_size())
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES: Final = [
+    Route("/v1/events", post_events, methods=["POST"]),
+    Route("/v1/projects", post_projects, methods=["POST"]),
+    Route("/v1/projects/{project_id}/keys", post_project_keys, methods=["POST"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

@@ -1,0 +1,242 @@
+"""Group commit: the events of every concurrent request go to Postgres in one COPY and one commit.
+
+A request's rows wait in a bounded queue; an idle writer task takes everything queued (never
+waiting to fill a batch), writes it in one transaction, and answers each waiting request when the
+commit returns. A full queue or an unreachable database answers at once with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import asyncpg
+import structlog
+
+from ingest.events import Row
+from ingest.metrics import Metrics
+from ingest.problems import Unavailable
+from ingest.store import Store
+
+log = structlog.get_logger("ingest.writer")
+
+# Errors that say nothing about the rows: the connection or the server is the problem, so the
+# whole batch is answered 503 and retried by the SDK with the same message ids.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+class Outcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"  # Postgres refused this row although it passed validation
+
+
+@dataclass(slots=True)
+class _Pending:
+    rows: Sequence[Row]
+    future: asyncio.Future[list[Outcome]]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        *,
+        connections: int = 2,
+        max_batch_events: int = 5000,
+        max_queued_events: int = 50_000,
+        commit_timeout_s: float = 5.0,
+        retry_after_s: int = 2,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._connections = connections
+        self._max_batch = max_batch_events
+        self._max_queued = max_queued_events
+        self._timeout = commit_timeout_s
+        self._retry_after = retry_after_s
+        self._queue: deque[_Pending] = deque()
+        self._queued_events = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        # After a connection failure, new requests get 503 at once for this long instead of
+        # queueing behind a database that is away; then one batch probes it again.
+        self._down_until = 0.0
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"ingest-writer-{i}")
+            for i in range(self._connections)
+        ]
+
+    async def stop(self) -> None:
+        """Write everything already queued, then stop: no acknowledged request is dropped."""
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Anything left (the database was down while draining) gets its 503 now.
+        while self._queue:
+            self._fail(self._queue.popleft(), "shutting down")
+
+    @property
+    def queued_events(self) -> int:
+        return self._queued_events
+
+    async def submit(self, rows: Sequence[Row]) -> list[Outcome]:
+        """Store ``rows``; return once they are committed. Raises Unavailable (503) otherwise."""
+        if not rows:
+            return []
+        if self._closing:
+            raise self._unavailable("shutting_down", "the service is shutting down")
+        if time.monotonic() < self._down_until:
+            raise self._unavailable("database_down", "the database is unreachable")
+        if self._queued_events + len(rows) > self._max_queued:
+            raise self._unavailable("queue_full", "the write queue is full")
+        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(rows, future))
+        self._queued_events += len(rows)
+        self._metrics.writer_queue_events.set(self._queued_events)
+        self._wakeup.set()
+        return await future
+
+    def _unavailable(self, reason: str, detail: str) -> Unavailable:
+        self._metrics.unavailable.labels(reason=reason).inc()
+        return Unavailable(
+            detail + "; retry with the same message_id", retry_after=self._retry_after
+        )
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0].rows) <= self._max_batch):
+            pending = self._queue.popleft()
+            batch.append(pending)
+            count += len(pending.rows)
+        self._queued_events -= count
+        self._metrics.writer_queue_events.set(self._queued_events)
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = self._take()
+            try:
+                await self._write(batch)
+            except Exception:  # a bug here must not kill the writer and strand every request
+                log.exception("writer_failed")
+                for pending in batch:
+                    self._fail(pending, "internal error")
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        rows = [row for pending in batch for row in pending.rows]
+        started = time.perf_counter()
+        try:
+            stored = await self._insert(rows)
+        except _TRANSIENT as exc:
+            self._down_until = time.monotonic() + 0.5
+            self._metrics.write_errors.labels(kind="transient").inc()
+            log.warning(
+                "batch_failed", error=type(exc).__name__, sqlstate=_sqlstate(exc), events=len(rows)
+            )
+            for pending in batch:
+                self._fail(pending, "the database is unreachable")
+            return
+        except asyncpg.PostgresError as exc:
+            # One row Postgres refuses fails the COPY for all: isolate it (T4).
+            self._metrics.write_errors.labels(kind="data").inc()
+            log.warning(
+                "batch_rejected",
+                sqlstate=exc.sqlstate,
+                events=len(rows),
+                constraint=getattr(exc, "constraint_name", None),
+            )
+            await self._isolate(batch)
+            return
+        elapsed = time.perf_counter() - started
+        self._metrics.write_batch_events.observe(len(rows))
+        self._metrics.write_seconds.observe(elapsed)
+        offset = 0
+        for pending in batch:
+            n = len(pending.rows)
+            self._resolve(pending, [_outcome(s) for s in stored[offset : offset + n]])
+            offset += n
+
+    async def _insert(self, rows: Sequence[Row]) -> list[bool]:
+        async with asyncio.timeout(self._timeout), self._store.pool.acquire() as conn:
+            return await self._store.insert_events(conn, rows)
+
+    async def _isolate(self, batch: list[_Pending]) -> None:
+        """Retry each request alone, then each row of a failing request alone."""
+        for pending in batch:
+            try:
+                stored = await self._insert(pending.rows)
+            except _TRANSIENT:
+                self._fail(pending, "the database is unreachable")
+                continue
+            except asyncpg.PostgresError:
+                outcomes: list[Outcome] = []
+                for row in pending.rows:
+                    try:
+                        one = await self._insert([row])
+                    except _TRANSIENT:
+                        self._fail(pending, "the database is unreachable")
+                        break
+                    except asyncpg.PostgresError as exc:
+                        log.warning("event_rejected_by_database", sqlstate=exc.sqlstate)
+                        outcomes.append(Outcome.REJECTED)
+                    else:
+                        outcomes.append(_outcome(one[0]))
+                else:
+                    self._resolve(pending, outcomes)
+                continue
+            self._resolve(pending, [_outcome(s) for s in stored])
+
+    def _resolve(self, pending: _Pending, outcomes: list[Outcome]) -> None:
+        self._metrics.write_wait_seconds.observe(time.perf_counter() - pending.enqueued)
+        # The request may have gone (client disconnect cancels its await); its rows are stored
+        # anyway and its retry is deduplicated.
+        if not pending.future.done():
+            pending.future.set_result(outcomes)
+
+    def _fail(self, pending: _Pending, detail: str) -> None:
+        if not pending.future.done():
+            pending.future.set_exception(self._unavailable("write_failed", detail))
+        with contextlib.suppress(asyncio.CancelledError, Unavailable):
+            # Mark the exception retrieved when nobody awaits it any more.
+            if pending.future.done() and not pending.future.cancelled():
+                pending.future.exception()
+
+
+def _outcome(stored: bool) -> Outcome:
+    return Outcome.STORED if stored else Outcome.DUPLICATE
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(exc, "sqlstate", None)
