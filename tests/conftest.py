@@ -83,8 +83,11 @@ async def _admin(dsn: str, *statements: str) -> None:
 def template_db(pg_admin_dsn: str, worker_id: str) -> Iterator[str]:
     """Created and migrated once per session (synchronously, so no pool crosses loops)."""
     name = f"ingest_tpl_{worker_id}_{os.getpid()}"
-    asyncio.run(_admin(pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)",
-                       f"CREATE DATABASE {name}"))
+    asyncio.run(
+        _admin(
+            pg_admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"
+        )
+    )
 
     async def apply() -> None:
         conn = await asyncpg.connect(dsn_for(pg_admin_dsn, name))

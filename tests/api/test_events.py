@@ -25,8 +25,14 @@ class TestAccept:
         mid = new_id()
         r = await client.post(
             "/v1/events",
-            json={"type": "track", "event": "Signed Up", "user_id": "u-1", "message_id": mid,
-                  "app_id": "ios", "properties": {"plan": "pro"}},
+            json={
+                "type": "track",
+                "event": "Signed Up",
+                "user_id": "u-1",
+                "message_id": mid,
+                "app_id": "ios",
+                "properties": {"plan": "pro"},
+            },
             headers=bearer(write_key),
         )
         assert r.status_code == 200
@@ -34,7 +40,11 @@ class TestAccept:
         [row] = await _events(conn)
         assert str(row["project_id"]) == project["id"]
         assert (row["message_id"], row["type"], row["event"], row["user_id"], row["app_id"]) == (
-            mid, "track", "Signed Up", "u-1", "ios"
+            mid,
+            "track",
+            "Signed Up",
+            "u-1",
+            "ios",
         )
         assert row["properties"] == {"plan": "pro"}
 
@@ -77,14 +87,23 @@ class TestAccept:
     ) -> None:
         r = await client.post(
             "/v1/events",
-            json={"type": "page", "name": "Home", "userId": "u", "anonymousId": "a",
-                  "messageId": "m-1", "sentAt": datetime.now(UTC).isoformat()},
+            json={
+                "type": "page",
+                "name": "Home",
+                "userId": "u",
+                "anonymousId": "a",
+                "messageId": "m-1",
+                "sentAt": datetime.now(UTC).isoformat(),
+            },
             headers=bearer(write_key),
         )
         assert r.status_code == 200
         [row] = await _events(conn)
         assert (row["event"], row["user_id"], row["anonymous_id"], row["message_id"]) == (
-            "Home", "u", "a", "m-1"
+            "Home",
+            "u",
+            "a",
+            "m-1",
         )
 
     async def test_text_plain_body_is_accepted_as_json(
@@ -102,8 +121,9 @@ class TestAccept:
     async def test_every_answer_carries_a_request_id(
         self, client: httpx.AsyncClient, write_key: str
     ) -> None:
-        r = await client.post("/v1/events", json={"event": "x", "user_id": "u"},
-                              headers=bearer(write_key))
+        r = await client.post(
+            "/v1/events", json={"event": "x", "user_id": "u"}, headers=bearer(write_key)
+        )
         assert len(r.headers["x-request-id"]) == 32
 
 
@@ -125,18 +145,23 @@ class TestDedup:
         self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
     ) -> None:
         event = {"event": "Paid", "user_id": "u", "message_id": "same"}
-        r = await client.post("/v1/events", json={"batch": [event, event, event]},
-                              headers=bearer(write_key))
+        r = await client.post(
+            "/v1/events", json={"batch": [event, event, event]}, headers=bearer(write_key)
+        )
         assert r.json()["accepted"] == 3
         assert r.json()["duplicates"] == 2
         assert await conn.fetchval("SELECT count(*) FROM events") == 1
 
     async def test_message_ids_are_scoped_to_the_project(
-        self, client: httpx.AsyncClient, secret_key: str, write_key: str,
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        write_key: str,
         conn: asyncpg.Connection,
     ) -> None:
-        other = await client.post("/v1/projects", json={"name": "Other"},
-                                  headers=bearer(secret_key))
+        other = await client.post(
+            "/v1/projects", json={"name": "Other"}, headers=bearer(secret_key)
+        )
         other_key = other.json()["write_key"]["key"]
         event = {"event": "Paid", "user_id": "u", "message_id": "shared-id"}
         for key in (write_key, other_key):
@@ -161,8 +186,12 @@ class TestClock:
         """A phone whose clock is a year behind: timestamp = received_at - (sent_at - ts)."""
         r = await client.post(
             "/v1/events",
-            json={"event": "x", "user_id": "u", "timestamp": "2025-01-01T00:00:00Z",
-                  "sent_at": "2025-01-01T00:00:30Z"},
+            json={
+                "event": "x",
+                "user_id": "u",
+                "timestamp": "2025-01-01T00:00:00Z",
+                "sent_at": "2025-01-01T00:00:30Z",
+            },
             headers=bearer(write_key),
         )
         assert r.status_code == 200
@@ -179,8 +208,12 @@ class TestClock:
         sent = now - timedelta(seconds=10)  # 10 s in transit: no correction
         await client.post(
             "/v1/events",
-            json={"event": "x", "user_id": "u", "timestamp": ts.isoformat(),
-                  "sent_at": sent.isoformat()},
+            json={
+                "event": "x",
+                "user_id": "u",
+                "timestamp": ts.isoformat(),
+                "sent_at": sent.isoformat(),
+            },
             headers=bearer(write_key),
         )
         [row] = await _events(conn)
@@ -191,8 +224,10 @@ class TestClock:
     ) -> None:
         await client.post(
             "/v1/events",
-            json={"sent_at": "2030-01-01T00:10:00Z",
-                  "batch": [{"event": "x", "user_id": "u", "timestamp": "2030-01-01T00:00:00Z"}]},
+            json={
+                "sent_at": "2030-01-01T00:10:00Z",
+                "batch": [{"event": "x", "user_id": "u", "timestamp": "2030-01-01T00:00:00Z"}],
+            },
             headers=bearer(write_key),
         )
         [row] = await _events(conn)
@@ -207,8 +242,12 @@ class TestClock:
             headers=bearer(write_key),
         )
         assert r.json()["warnings"] == [
-            {"index": 0, "code": "timestamp_clamped", "field": "timestamp",
-             "reason": "in the future; set to received_at"}
+            {
+                "index": 0,
+                "code": "timestamp_clamped",
+                "field": "timestamp",
+                "reason": "in the future; set to received_at",
+            }
         ]
         [row] = await _events(conn)
         assert row["timestamp"] == row["received_at"]
@@ -217,8 +256,9 @@ class TestClock:
     async def test_missing_timestamp_is_received_at(
         self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
     ) -> None:
-        await client.post("/v1/events", json={"event": "x", "user_id": "u"},
-                          headers=bearer(write_key))
+        await client.post(
+            "/v1/events", json={"event": "x", "user_id": "u"}, headers=bearer(write_key)
+        )
         [row] = await _events(conn)
         assert row["timestamp"] == row["received_at"]
         assert row["original_timestamp"] is None
@@ -230,8 +270,11 @@ class TestCors:
     ) -> None:
         r = await client.options(
             "/v1/events",
-            headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization,content-type"},
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
         )
         assert r.status_code == 204
         assert r.headers["access-control-allow-origin"] == "*"
@@ -241,8 +284,11 @@ class TestCors:
     async def test_answers_and_errors_on_write_routes_carry_cors(
         self, client: httpx.AsyncClient, write_key: str
     ) -> None:
-        ok = await client.post("/v1/events", json={"event": "x", "user_id": "u"},
-                               headers={**bearer(write_key), "Origin": "https://a.example"})
+        ok = await client.post(
+            "/v1/events",
+            json={"event": "x", "user_id": "u"},
+            headers={**bearer(write_key), "Origin": "https://a.example"},
+        )
         bad = await client.post("/v1/events", json={}, headers={"Origin": "https://a.example"})
         assert ok.headers["access-control-allow-origin"] == "*"
         assert bad.status_code == 401
@@ -251,8 +297,11 @@ class TestCors:
     async def test_partner_routes_send_no_cors_and_refuse_browsers(
         self, client: httpx.AsyncClient, secret_key: str
     ) -> None:
-        r = await client.post("/v1/projects", json={"name": "x"},
-                              headers={**bearer(secret_key), "Origin": "https://evil.example"})
+        r = await client.post(
+            "/v1/projects",
+            json={"name": "x"},
+            headers={**bearer(secret_key), "Origin": "https://evil.example"},
+        )
         assert r.status_code == 403
         assert r.headers["content-type"] == "application/problem+json"
         assert "access-control-allow-origin" not in r.headers
