@@ -26,7 +26,7 @@ from ingest.geo import GeoLookup
 from ingest.jsonx import problem_response
 from ingest.logs import RequestContext, configure_logging
 from ingest.metrics import Metrics
-from ingest.problems import Problem
+from ingest.problems import Problem, Unavailable
 from ingest.routes import ROUTES, WRITE_PATHS, Services
 from ingest.store import Store
 from ingest.writer import Writer
@@ -108,6 +108,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         headers=exc.headers,
         media_type="application/problem+json",
     )
+
+
+async def _on_database_away(request: Request, exc: Exception) -> Response:
+    """A database outage outside the writer (key lookup, project calls) is a 503, not a 500."""
+    log.warning("database_unavailable", error=type(exc).__name__)
+    return problem_response(Unavailable("the database is unreachable"), _request_id(request))
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -221,6 +227,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
         ],
         exception_handlers={
             Problem: _on_problem,
+            **dict.fromkeys(store_mod.TRANSIENT_ERRORS, _on_database_away),
             HTTPException: _on_http_exception,
             Exception: _on_error,
         },

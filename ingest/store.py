@@ -21,6 +21,25 @@ from ingest.events import COLUMNS, Row
 # A pooled connection or a plain one: every method here works on both.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
+# Errors that say nothing about the statement: the connection or the server is away, busy or
+# restarting. Callers answer 503 (retry) for these, never 500.
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection killed mid-protocol (pg_terminate_backend)
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 # Parameters that would break "a 200 means committed" (RELIABILITY B8).
 DURABILITY_SETTINGS: Final = ("fsync", "synchronous_commit", "full_page_writes")
 
@@ -206,8 +225,7 @@ class Store:
 
     async def get_project(self, org_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
         """The project if it belongs to ``org_id``; another tenant's is as missing as none."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(_GET_PROJECT, project_id, org_id)
+        row = await self._fetchrow(_GET_PROJECT, project_id, org_id)
         if row is None:
             return None
         return Project(
@@ -245,9 +263,18 @@ class Store:
         )
         return IssuedKey(key_id, kind, new.plaintext, new.display_prefix, created_at)
 
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        """A read, retried once on a fresh connection: after a database restart every pooled
+        connection is stale, and a read is always safe to repeat."""
+        try:
+            async with self.pool.acquire() as conn:
+                return await conn.fetchrow(query, *args)
+        except TRANSIENT_ERRORS:
+            async with self.pool.acquire() as conn:
+                return await conn.fetchrow(query, *args)
+
     async def find_key(self, digest: bytes) -> KeyRecord | None:
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(_FIND_KEY, digest)
+        row = await self._fetchrow(_FIND_KEY, digest)
         if row is None:
             return None
         return KeyRecord(

@@ -21,27 +21,13 @@ import structlog
 from ingest.events import Row
 from ingest.metrics import Metrics
 from ingest.problems import Unavailable
-from ingest.store import Store
+from ingest.store import TRANSIENT_ERRORS, Store
 
 log = structlog.get_logger("ingest.writer")
 
-# Errors that say nothing about the rows: the connection or the server is the problem, so the
-# whole batch is answered 503 and retried by the SDK with the same message ids.
-_TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.QueryCanceledError,
-    asyncpg.ReadOnlySQLTransactionError,
-    asyncpg.InsufficientResourcesError,
-)
+# The connection or the server failed, not the rows: the whole batch is answered 503 and the
+# SDK retries it with the same message ids.
+_TRANSIENT = TRANSIENT_ERRORS
 
 
 class Outcome(StrEnum):

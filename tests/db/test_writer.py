@@ -1,0 +1,304 @@
+"""The group-commit writer against a real Postgres: batching, isolation, back-pressure, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import re
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from ingest.app import create_app
+from ingest.config import Secret, Settings
+from ingest.events import EventParser, Limits, Row, Source
+from ingest.geo import GeoResult
+from ingest.metrics import Metrics
+from ingest.problems import Unavailable
+from ingest.store import Store, create_pool
+from ingest.writer import Outcome, Writer
+from tests.conftest import bearer, client_for
+
+PROJECT = uuid.uuid4()
+
+
+def rows(n: int, *, received_at: datetime | None = None, prefix: str = "m") -> list[Row]:
+    parser = EventParser(Limits(), lambda ip: None)
+    source = Source(
+        project_id=PROJECT,
+        default_country=None,
+        received_at=received_at or datetime.now(UTC),
+        peer_geo=GeoResult("US", "CA"),
+    )
+    items = [
+        {"event": "e", "user_id": f"u{i}", "message_id": f"{prefix}-{uuid.uuid4()}"}
+        for i in range(n)
+    ]
+    return parser.parse(items, source).rows
+
+
+@pytest.fixture
+async def store(db_dsn: str) -> AsyncIterator[Store]:
+    pool = await create_pool(db_dsn, min_size=1, max_size=4, connect_timeout=5)
+    store = Store(pool)
+    await store.ensure_partitions()  # as the app's lifespan does
+    yield store
+    await pool.close()
+
+
+@pytest.fixture
+async def writer(store: Store, metrics: Metrics) -> AsyncIterator[Writer]:
+    w = Writer(store, metrics, connections=2, max_queued_events=1000)
+    await w.start()
+    yield w
+    await w.stop()
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+class TestGroupCommit:
+    async def test_concurrent_requests_share_commits(
+        self, writer: Writer, metrics: Metrics, conn: asyncpg.Connection
+    ) -> None:
+        """100 concurrent requests are answered by far fewer commits than requests."""
+        results = await asyncio.gather(*(writer.submit(rows(2)) for _ in range(100)))
+        assert all(r == [Outcome.STORED, Outcome.STORED] for r in results)
+        commits = sample(metrics, "ingest_write_batch_size_count")
+        assert commits < 100 / 4
+        assert sample(metrics, "ingest_write_batch_size_sum") == 200
+        assert await conn.fetchval("SELECT count(*) FROM events") == 200
+
+    async def test_http_requests_are_coalesced_and_each_answered_after_commit(
+        self,
+        client: httpx.AsyncClient,
+        write_key: str,
+        metrics: Metrics,
+        conn: asyncpg.Connection,
+    ) -> None:
+        answers = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/events", json={"event": "x", "user_id": f"u{i}"}, headers=bearer(write_key)
+                )
+                for i in range(50)
+            )
+        )
+        assert {a.status_code for a in answers} == {200}
+        assert sample(metrics, "ingest_write_batch_size_count") < 50
+        assert await conn.fetchval("SELECT count(*) FROM events") == 50
+
+    async def test_dedup_holds_across_daily_partitions(
+        self, store: Store, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """A retry that lands in the next day's partition is still stored once (T3)."""
+        today = datetime.now(UTC).replace(hour=23, minute=59, second=59)
+        tomorrow = today + timedelta(seconds=2)
+        first = rows(1, received_at=today)
+        retry = [(*first[0][:1], tomorrow, *first[0][2:])]
+        assert await writer.submit(first) == [Outcome.STORED]
+        assert await writer.submit(retry) == [Outcome.DUPLICATE]
+        partitions = await conn.fetch(
+            "SELECT tableoid::regclass::text AS part, count(*) FROM events GROUP BY 1"
+        )
+        assert [(p["part"], p["count"]) for p in partitions] == [(f"events_p{today:%Y%m%d}", 1)]
+        assert await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"events_p{tomorrow:%Y%m%d}"
+        )
+
+
+class TestIsolation:
+    async def test_a_row_postgres_refuses_fails_only_itself(
+        self, writer: Writer, conn: asyncpg.Connection, log_stream: io.BytesIO
+    ) -> None:
+        """One poisoned row in a coalesced batch: its neighbours and other requests still land."""
+        poisoned = rows(3)
+        # Past validation but refused by the table's CHECK constraint: the shape of a row the
+        # validator missed. Its event name is a canary that must not reach the log.
+        bad = list(poisoned[1])
+        bad[3] = "not-a-type"
+        bad[4] = "canary-row-data-7731"
+        poisoned[1] = tuple(bad)
+        others = [rows(2) for _ in range(5)]
+        results = await asyncio.gather(writer.submit(poisoned), *(writer.submit(r) for r in others))
+        assert results[0] == [Outcome.STORED, Outcome.REJECTED, Outcome.STORED]
+        assert all(r == [Outcome.STORED, Outcome.STORED] for r in results[1:])
+        assert await conn.fetchval("SELECT count(*) FROM events") == 12
+        log = log_stream.getvalue().decode()
+        assert "batch_rejected" in log
+        assert "23514" in log  # the SQLSTATE (check_violation), not the row
+        assert "canary-row-data-7731" not in log
+        assert "not-a-type" not in log
+
+    async def test_a_refused_event_in_an_http_batch_is_reported_by_index(
+        self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
+    ) -> None:
+        """Validation mirrors Postgres's rules, so the refusal happens before the writer."""
+        batch = [
+            {"event": "a", "user_id": "u"},
+            {"event": "b\u0000", "user_id": "u"},
+            {"event": "c", "user_id": "u"},
+        ]
+        r = await client.post("/v1/events", json={"batch": batch}, headers=bearer(write_key))
+        assert r.status_code == 200
+        assert [(e["index"], e["code"]) for e in r.json()["rejected"]] == [(1, "nul_character")]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 2
+
+
+class TestBackPressure:
+    async def test_a_full_queue_answers_503_at_once_and_stores_nothing(
+        self, store: Store, metrics: Metrics, conn: asyncpg.Connection
+    ) -> None:
+        w = Writer(store, metrics, max_queued_events=5, retry_after_s=3)
+        # Not started: nothing drains the queue, so it stays full.
+        first = asyncio.ensure_future(w.submit(rows(5)))
+        await asyncio.sleep(0)
+        with pytest.raises(Unavailable) as caught:
+            await w.submit(rows(1))
+        assert caught.value.status == 503
+        assert caught.value.headers == {"Retry-After": "3"}
+        assert sample(metrics, "ingest_unavailable_total", reason="queue_full") == 1
+        await w.start()
+        assert await first == [Outcome.STORED] * 5
+        await w.stop()
+        assert await conn.fetchval("SELECT count(*) FROM events") == 5
+
+    async def test_http_answer_is_503_problem_with_retry_after(
+        self, settings: Settings, write_key: str, metrics: Metrics
+    ) -> None:
+        small = dataclasses.replace(settings, writer_queue_events=2)
+        async with (
+            LifespanManager(create_app(small, metrics=Metrics())) as m,
+            client_for(m.app) as c,
+        ):
+            batch = [{"event": "x", "user_id": "u"}] * 3
+            r = await c.post("/v1/events", json={"batch": batch}, headers=bearer(write_key))
+        assert r.status_code == 503
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.headers["retry-after"] == "2"
+        assert "retry with the same message_id" in r.json()["detail"]
+
+    async def test_stop_drains_what_was_queued(
+        self, store: Store, metrics: Metrics, conn: asyncpg.Connection
+    ) -> None:
+        w = Writer(store, metrics)
+        await w.start()
+        pending = [asyncio.ensure_future(w.submit(rows(3))) for _ in range(10)]
+        await asyncio.sleep(0)
+        await w.stop()
+        assert [await p for p in pending] == [[Outcome.STORED] * 3] * 10
+        assert await conn.fetchval("SELECT count(*) FROM events") == 30
+        with pytest.raises(Unavailable):
+            await w.submit(rows(1))
+
+
+# -- a database that goes away and comes back ---------------------------------------------------
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Any]:
+    """A Postgres of this test's own, so the test may stop it (never the shared one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver import get_server  # type: ignore[attr-defined]
+
+        server = get_server(tmp_path / "pg", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def _pg_ctl(server: Any, *args: str) -> None:
+    from pgserver._commands import pg_ctl
+
+    pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+
+class TestRecovery:
+    async def test_503_while_down_then_200_again_without_restart(
+        self, own_server: Any, geoip_db: Path
+    ) -> None:
+        from ingest import migrate
+        from ingest.cli import _create_org
+
+        dsn = own_server.get_uri()
+        conn = await asyncpg.connect(dsn)
+        await migrate.migrate(conn)
+        await conn.close()
+        settings = Settings(database_url=Secret(dsn), geoip_path=geoip_db, key_cache_ttl_s=60)
+        org = await _create_org(settings, "Acme")
+        async with LifespanManager(create_app(settings, metrics=Metrics())) as m:
+            c = client_for(m.app)
+            p = await c.post(
+                "/v1/projects", json={"name": "p"}, headers=bearer(org["secret_key"]["key"])
+            )
+            key = p.json()["write_key"]["key"]
+
+            async def post(mid: str) -> httpx.Response:
+                return await c.post(
+                    "/v1/events",
+                    json={"event": "x", "user_id": "u", "message_id": mid},
+                    headers=bearer(key),
+                )
+
+            assert (await post("before")).status_code == 200
+            _pg_ctl(own_server, "-w", "-m", "immediate", "stop")
+            down = [await post(f"down-{i}") for i in range(5)]
+            assert {r.status_code for r in down} == {503}
+            assert all(re.fullmatch(r"\d+", r.headers["retry-after"]) for r in down)
+            assert (await c.get("/readyz")).status_code == 503
+
+            own_server.ensure_postgres_running()
+            # Recovery is the pool's and the writer's job: poll as an SDK would retry.
+            deadline = asyncio.get_running_loop().time() + 30
+            statuses = []
+            while asyncio.get_running_loop().time() < deadline:
+                r = await post("after")
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert statuses[-1] == 200, statuses
+            assert set(statuses) <= {200, 503}
+            assert (await c.get("/readyz")).status_code == 200
+            await c.aclose()
+        conn = await asyncpg.connect(dsn)
+        stored = await conn.fetch("SELECT message_id FROM events ORDER BY 1")
+        await conn.close()
+        assert [r["message_id"] for r in stored] == ["after", "before"]
+
+    async def test_killed_writer_connections_recover(
+        self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
+    ) -> None:
+        """pg_terminate_backend on every app connection: the next requests still succeed."""
+        ok = await client.post(
+            "/v1/events", json={"event": "x", "user_id": "u"}, headers=bearer(write_key)
+        )
+        assert ok.status_code == 200
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'ingest' AND pid <> pg_backend_pid()"
+        )
+        statuses = []
+        for i in range(20):
+            r = await client.post(
+                "/v1/events",
+                json={"event": "x", "user_id": "u", "message_id": f"k-{i}"},
+                headers=bearer(write_key),
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                break
+            await asyncio.sleep(0.6)
+        assert statuses[-1] == 200, statuses
+        assert set(statuses) <= {200, 503}
