@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -141,6 +142,10 @@ def _announce_geoip(settings: Settings) -> None:
         log.info("geoip_database", path=str(settings.geoip_path))
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _serve(settings: Settings) -> int:
     import uvicorn
 
@@ -158,6 +163,11 @@ def _serve(settings: Settings) -> int:
         "timeout_graceful_shutdown": 10,
     }
     log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
+    # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the
+    # handler that was installed before it. Make that one a normal exit, so main()'s finally
+    # still stops the embedded Postgres.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     if settings.workers > 1:
         os.environ["INGEST_HOST"] = settings.host
         os.environ["INGEST_PORT"] = str(settings.port)

@@ -219,7 +219,7 @@ def own_server(tmp_path: Path) -> Iterator[Any]:
 
 
 def _pg_ctl(server: Any, *args: str) -> None:
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # untyped internals
 
     pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=30)
 

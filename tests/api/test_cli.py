@@ -1,0 +1,176 @@
+"""The command line as a partner runs it: real processes, real ports, the embedded Postgres."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+INGEST = [sys.executable, "-m", "ingest.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.update(extra)
+    return env
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*INGEST, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """Starts `ingest serve` and waits for /healthz; stops it (SIGTERM) afterwards."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+        port = _free_port()
+        proc = subprocess.Popen(
+            [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"ingest serve exited: {proc.stdout.read() if proc.stdout else ''}"
+                )
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    return proc, base
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("ingest serve did not start")
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _bootstrap(env: dict[str, str], base: str) -> str:
+    created = _run(["admin", "create-org", "Acme Ltd"], env)
+    assert created.returncode == 0, created.stderr
+    org = json.loads(created.stdout)
+    assert org["name"] == "Acme Ltd"
+    project = httpx.post(
+        base + "/v1/projects",
+        json={"name": "App"},
+        headers={"Authorization": f"Bearer {org['secret_key']['key']}"},
+    )
+    assert project.status_code == 201
+    key: str = project.json()["write_key"]["key"]
+    return key
+
+
+def test_serve_migrate_and_admin_against_a_database_url(
+    serve: Any, db_dsn: str, geoip_db: Path
+) -> None:
+    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    migrated = _run(["migrate"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout) == {"applied": []}  # the template is migrated already
+    proc, base = serve(env)
+    key = _bootstrap(env, base)
+    r = httpx.post(
+        base + "/v1/events",
+        json={"event": "Opened", "user_id": "u1"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200
+    assert r.json()["accepted"] == 1
+    out = _stop(proc)
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert any(
+        x.get("event") == "request_finished" and x.get("route") == "/v1/events" for x in lines
+    )
+    assert not any(x.get("event") == "geoip_database_bundled" for x in lines)
+
+
+def test_bad_configuration_is_refused_with_every_reason() -> None:
+    r = _run(["migrate"], _env(INGEST_PORT="high", INGEST_MAX_BODY_BYTES="-1"))
+    assert r.returncode == 2
+    assert "INGEST_PORT" in r.stderr
+    assert "INGEST_MAX_BODY_BYTES" in r.stderr
+
+
+def test_zero_configuration_serve_keeps_events_across_restarts(serve: Any, tmp_path: Path) -> None:
+    """No database configured: an embedded Postgres under INGEST_DATA_DIR, and the bundled
+    GeoLite2 database, announced as dated 2018; a restart finds the events again."""
+    env = _env(INGEST_DATA_DIR=str(tmp_path / "data"))
+    proc, base = serve(env)
+    key = _bootstrap(env, base)
+    r = httpx.post(
+        base + "/v1/events",
+        json={"event": "Kept", "user_id": "u1", "message_id": "keep-1"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 200
+    out = _stop(proc)
+    assert "geoip_database_bundled" in out
+    assert "INGEST_GEOIP_DB" in out
+
+    proc, base = serve(env)
+    again = httpx.post(
+        base + "/v1/events",
+        json={"event": "Kept", "user_id": "u1", "message_id": "keep-1"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert again.status_code == 200
+    assert again.json()["duplicates"] == 1  # the first copy survived the restart
+    _stop(proc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver import get_server  # type: ignore[attr-defined]
+
+        server = get_server(tmp_path / "data" / "pg", cleanup_mode="stop")
+    try:
+        import asyncio
+
+        async def count() -> int:
+            conn = await asyncpg.connect(server.get_uri("ingest"))
+            try:
+                n: int = await conn.fetchval("SELECT count(*) FROM events WHERE event = 'Kept'")
+                return n
+            finally:
+                await conn.close()
+
+        assert asyncio.run(count()) == 1
+    finally:
+        server.cleanup()
