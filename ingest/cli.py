@@ -9,6 +9,7 @@ import dataclasses
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ import structlog
 from ingest import embedded, migrate
 from ingest.config import ConfigError, Secret, Settings
 from ingest.logs import configure_logging
+from ingest.metrics import MULTIPROC_ENV
 from ingest.store import Store, create_pool
 
 log = structlog.get_logger("ingest.cli")
@@ -171,7 +173,9 @@ def _serve(settings: Settings) -> int:
     if settings.workers > 1:
         os.environ["INGEST_HOST"] = settings.host
         os.environ["INGEST_PORT"] = str(settings.port)
-        uvicorn.run("ingest.app:app_from_env", factory=True, workers=settings.workers, **common)
+        with tempfile.TemporaryDirectory(prefix="ingest-metrics-") as metrics_dir:
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            uvicorn.run("ingest.app:app_from_env", factory=True, workers=settings.workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)
     return 0

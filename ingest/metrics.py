@@ -6,7 +6,14 @@ or anything a client chose, so a flood of distinct values cannot explode the ser
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Set by `ingest serve --workers N` before the workers start: each worker then writes its values
+# to files there, and a scrape (answered by any one worker) adds them all up.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -54,6 +61,7 @@ class Metrics:
         self.geoip_build = Gauge(
             "ingest_geoip_database_build_timestamp_seconds",
             "Build time of the GeoIP database in use (Unix time).",
+            multiprocess_mode="max",
             registry=r,
         )
         self.write_batch_events = Histogram(
@@ -81,7 +89,10 @@ class Metrics:
             registry=r,
         )
         self.writer_queue_events = Gauge(
-            "ingest_writer_queue_events", "Events waiting for the writer.", registry=r
+            "ingest_writer_queue_events",
+            "Events waiting for the writer.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.unavailable = Counter(
             "ingest_unavailable", "Requests answered 503, by reason.", ["reason"], registry=r
@@ -90,10 +101,21 @@ class Metrics:
             "ingest_pool_connections",
             "Database pool connections, by state.",
             ["state"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.database_durable = Gauge(
             "ingest_database_durable",
             "1 when fsync, synchronous_commit and full_page_writes are all on, else 0.",
+            multiprocess_mode="min",
             registry=r,
         )
+
+    def render(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or every worker's when several run."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)

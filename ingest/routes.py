@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -282,7 +282,7 @@ async def metrics(request: Request) -> Response:
     svc.metrics.pool_connections.labels(state="size").set(pool.get_size())
     svc.metrics.pool_connections.labels(state="idle").set(pool.get_idle_size())
     svc.metrics.pool_connections.labels(state="max").set(pool.get_max_size())
-    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 ROUTES: Final = [

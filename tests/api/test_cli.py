@@ -174,3 +174,37 @@ def test_zero_configuration_serve_keeps_events_across_restarts(serve: Any, tmp_p
         assert asyncio.run(count()) == 1
     finally:
         server.cleanup()
+
+
+def test_workers_share_the_load_and_metrics_add_up(serve: Any, db_dsn: str, geoip_db: Path) -> None:
+    """`--workers 2`: two processes answer, and a scrape (served by either) counts every event."""
+    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    proc, base = serve(env, "--workers", "2")
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    # uvicorn's supervisor, its workers, and possibly multiprocessing's resource tracker.
+    workers = [
+        c
+        for c in children
+        if "ingest.app" in Path(f"/proc/{c}/cmdline").read_text()
+        or "multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_text()
+    ]
+    assert len(workers) >= 2, children
+    key = _bootstrap(env, base)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
+        for i in range(40):
+            # A new connection each time so both workers get requests.
+            r = c.post(
+                "/v1/events",
+                json={"event": "x", "user_id": f"u{i}"},
+                headers={"Connection": "close"},
+            )
+            assert r.status_code == 200
+        for _ in range(4):
+            text = c.get("/metrics", headers={"Connection": "close"}).text
+            accepted = [
+                line
+                for line in text.splitlines()
+                if line.startswith("ingest_events_accepted_total ")
+            ]
+            assert accepted == ["ingest_events_accepted_total 40.0"]
+    _stop(proc)
