@@ -117,5 +117,5 @@ class Metrics:
         if not directory:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # untyped upstream
         return generate_latest(registry)
