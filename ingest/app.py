@@ -20,9 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest import store as store_mod
 from ingest.auth import Authenticator
+from ingest.clientip import IPAddress
 from ingest.config import Settings
 from ingest.events import EventParser, Limits
-from ingest.geo import GeoLookup
+from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import problem_response
 from ingest.logs import RequestContext, configure_logging
 from ingest.metrics import Metrics
@@ -199,12 +200,21 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             skew_threshold_s=settings.skew_threshold_s,
             max_future_s=settings.max_future_s,
         )
+
+        def locate(ip: IPAddress) -> GeoResult | None:
+            metrics.geoip_lookups.inc()
+            found = geo.lookup(ip)
+            if found is None:
+                metrics.geoip_misses.inc()
+            return found
+
         svc = Services(
             settings=settings,
             store=store,
             writer=writer,
             geo=geo,
-            parser=EventParser(limits, geo.lookup),
+            parser=EventParser(limits, locate),
+            locate=locate,
             auth=Authenticator(store, settings.key_cache_ttl_s),
             metrics=metrics,
         )

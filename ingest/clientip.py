@@ -15,9 +15,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def _parse(value: str) -> IPAddress | None:
     try:
-        return ipaddress.ip_address(value.strip())
+        ip = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
+    # A server listening on :: sees IPv4 clients as ::ffff:a.b.c.d; compare them as IPv4.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _trusted(ip: IPAddress, proxies: Sequence[IPNetwork]) -> bool:

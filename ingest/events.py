@@ -183,8 +183,8 @@ class EventParser:
             name = _optional_str(ev, "name", lim.max_name_chars)
         if kind == "track" and not name:
             raise _Reject("missing_field", "event", "a track event needs an event name")
-        if name is not None and (pii.looks_like_email(name) or ("@" in name and _has_email(name))):
-            raise _Reject("pii_in_name", "event", "an event name must not contain an email address")
+        if name is not None:
+            _refuse_pii(name, "event", "pii_in_name", "pii_in_name")
 
         user_id = _identifier(ev, "user_id", lim.max_id_chars)
         anonymous_id = _identifier(ev, "anonymous_id", lim.max_id_chars)
@@ -192,11 +192,15 @@ class EventParser:
             raise _Reject("missing_field", "user_id", "an event needs user_id or anonymous_id")
 
         message_id = _optional_str(ev, "message_id", lim.max_message_id_chars)
-        if message_id is None:
+        if message_id is not None:
+            _refuse_pii(message_id, "message_id")
+        else:
             # As Segment does; retries of such an event cannot be deduplicated (documented).
             message_id = str(uuid.uuid4())
 
         app_id = _optional_str(ev, "app_id", lim.max_name_chars)
+        if app_id is not None:
+            _refuse_pii(app_id, "app_id")
         received_at = source.received_at
         client_ts = _optional_time(ev, "timestamp")
         sent_at = _optional_time(ev, "sent_at")
@@ -225,6 +229,8 @@ class EventParser:
         if source.trust_context_ip and isinstance(context_ip, str):
             ip = _parse_ip(context_ip)
             if ip is None:
+                # The peer is the partner's server, not the user: no location beats a wrong one.
+                geo = None
                 warnings.append(Issue(index, "invalid_ip", "context.ip", "not an IP address"))
             else:
                 geo = self._lookup(ip)
@@ -342,6 +348,9 @@ class _Scrubber:
         for key in list(obj):
             value = obj[key]
             new_key = self._key(key, path)
+            if new_key is None:
+                del obj[key]
+                continue
             if new_key is not key:
                 del obj[key]
                 obj[new_key] = value
@@ -360,9 +369,9 @@ class _Scrubber:
                 self.walk_object(value, child, 9, depth + 1)
             elif isinstance(value, list):
                 self.walk_list(value, child, nkey, depth + 1)
-            elif nkey in pii.PHONE_KEYS and isinstance(value, int) and not isinstance(value, bool):
-                # Phones sent as JSON numbers are still phones.
-                replaced = self._string(str(value), nkey, child, rank if depth == 1 else 9)
+            elif nkey in pii.PHONE_KEYS and _is_whole_number(value):
+                # Phones sent as JSON numbers (15550100 or 15550100.0) are still phones.
+                replaced = self._string(str(int(value)), nkey, child, rank if depth == 1 else 9)
                 if replaced is None:
                     del obj[key]
                 else:
@@ -379,13 +388,20 @@ class _Scrubber:
             elif isinstance(value, list):
                 self.walk_list(value, f"{path}[{i}]", nkey, depth + 1)
 
-    def _key(self, key: str, path: str) -> str:
+    def _key(self, key: str, path: str) -> str | None:
+        """The key to store instead of ``key`` (PII hashed); None drops the entry (an IP)."""
         if "\x00" in key:
             raise _Reject("nul_character", path, "a key contains U+0000, which Postgres refuses")
         if "@" in key or "%40" in key:
             if pii.looks_like_email(key):
                 return pii.sha256_hex(pii.normalize_email(_unwrap_email(key)) or key)
             return pii.redact_emails(key)
+        first = key[:1]
+        if first and first in "+(t0123456789" and pii.looks_like_phone(key):
+            phone = pii.hash_phone(key, self.country)
+            return phone.sha256 if phone else None
+        if (":" in key or key.count(".") == 3) and _parse_ip(key) is not None:
+            return None  # a map keyed by client address
         return key
 
     def _string(self, value: str, nkey: str, path: str, rank: int) -> str | None:
@@ -443,6 +459,12 @@ class _Scrubber:
             self.found.phone, self.found.phone_rank = phone, rank
 
 
+def _is_whole_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
 def _unwrap_email(value: str) -> str:
     value = value.strip()
     if value[:7].lower() == "mailto:":
@@ -478,16 +500,28 @@ def _identifier(ev: dict[str, Any], name: str, max_chars: int) -> str | None:
     if text is None or text == "":
         return None
     # Refused rather than hashed: the partner's key would silently change (RELIABILITY 4.6).
+    _refuse_pii(text, name)
+    return text
+
+
+def _refuse_pii(
+    text: str, name: str, email_code: str | None = None, phone_code: str | None = None
+) -> None:
+    """Reject a field that would be stored as it is (an id, a name) when it holds an email
+    address or is a phone number: hashing it would change what the partner keys on."""
     if "@" in text or "%40" in text:
         if pii.looks_like_email(text) or _has_email(text):
             raise _Reject(
-                f"{name}_is_email", name, f"{name} must not be an email address; send it in traits"
+                email_code or f"{name}_is_email",
+                name,
+                f"{name} must not contain an email address; send it in traits",
             )
     elif pii.looks_like_phone(text):
         raise _Reject(
-            f"{name}_is_phone", name, f"{name} must not be a phone number; send it in traits"
+            phone_code or f"{name}_is_phone",
+            name,
+            f"{name} must not be a phone number; send it in traits",
         )
-    return text
 
 
 def _object(ev: dict[str, Any], name: str) -> dict[str, Any]:

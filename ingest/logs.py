@@ -29,14 +29,19 @@ LOG_STATE: Final = "ingest.log"  # scope key: what handlers add to the request's
 _EMAIL_RE: Final = re.compile(r"[^\s@\"'<>(),;:]+(@|%40)[^\s@\"'<>(),;:]+\.[A-Za-z]{2,}")
 _IPV4_RE: Final = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6_RE: Final = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}")
-_PHONE_RE: Final = re.compile(r"\+\d[\d\s().-]{6,}\d")
-_SAFE_KEYS: Final = frozenset({"timestamp", "level", "logger", "event"})
+# International (+ or 00) numbers, and North-American ones written with separators.
+_PHONE_RE: Final = re.compile(
+    r"(?:\+|\b00)\d[\d\s().-]{6,}\d"
+    r"|(?<![\d.])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\d.])"
+)
+# "event" (the message) is redacted too: an f-string message is the likeliest side door.
+_SAFE_KEYS: Final = frozenset({"timestamp", "level", "logger"})
 
 
 def _redact_text(text: str) -> str:
     if "@" in text or "%40" in text:
         text = _EMAIL_RE.sub("[email]", text)
-    if "+" in text:
+    if any(c.isdigit() for c in text):
         text = _PHONE_RE.sub("[phone]", text)
     if "." in text:
         text = _IPV4_RE.sub(lambda m: "[ip]" if _is_ip(m[0]) else m[0], text)

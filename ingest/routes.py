@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +49,8 @@ class Services:
     writer: Writer
     geo: GeoLookup
     parser: EventParser
+    # GeoIP lookup that counts lookups and misses; the parser uses it for context.ip too.
+    locate: Callable[[IPAddress], GeoResult | None]
     auth: Authenticator
     metrics: Metrics
 
@@ -99,14 +102,15 @@ async def post_events(request: Request) -> Response:
 
     ip = client_ip(
         request.client.host if request.client else None,
-        request.headers.get("x-forwarded-for"),
+        # A proxy may add its hop as a second header line (HAProxy does): read them all.
+        ", ".join(request.headers.getlist("x-forwarded-for")) or None,
         svc.settings.trusted_proxies,
     )
     source = Source(
         project_id=project_id,
         default_country=country,
         received_at=now(),
-        peer_geo=_geo(svc, ip),
+        peer_geo=svc.locate(ip) if ip is not None else None,
         trust_context_ip=trusted,
     )
     parsed = svc.parser.parse(items, source, sent_at=batch_sent_at)
@@ -158,16 +162,6 @@ def _answer(
 def _count_rejected(metrics: Metrics, rejected: list[Issue]) -> None:
     for issue in rejected:
         metrics.events_rejected.labels(reason=issue.code).inc()
-
-
-def _geo(svc: Services, ip: IPAddress | None) -> GeoResult | None:
-    if ip is None:
-        return None
-    svc.metrics.geoip_lookups.inc()
-    found = svc.geo.lookup(ip)
-    if found is None:
-        svc.metrics.geoip_misses.inc()
-    return found
 
 
 def _loads(raw: bytes) -> Any:
