@@ -112,9 +112,18 @@ class Issue:
     code: str
     field: str | None
     reason: str
+    size: int | None = None  # the actual size, for a limit that was passed
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "code": self.code, "field": self.field, "reason": self.reason}
+        doc: dict[str, Any] = {
+            "index": self.index,
+            "code": self.code,
+            "field": self.field,
+            "reason": self.reason,
+        }
+        if self.size is not None:
+            doc["size"] = self.size
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +148,9 @@ class Parsed:
 
 
 class _Reject(Exception):
-    def __init__(self, code: str, field: str | None, reason: str) -> None:
+    def __init__(self, code: str, field: str | None, reason: str, size: int | None = None) -> None:
         super().__init__(reason)
-        self.code, self.field, self.reason = code, field, reason
+        self.code, self.field, self.reason, self.size = code, field, reason, size
 
 
 class EventParser:
@@ -159,7 +168,7 @@ class EventParser:
             try:
                 row = self._parse_one(index, item, source, sent_at, warnings)
             except _Reject as rej:
-                out.rejected.append(Issue(index, rej.code, rej.field, rej.reason))
+                out.rejected.append(Issue(index, rej.code, rej.field, rej.reason, rej.size))
                 continue
             out.rows.append(row)
             out.indexes.append(index)
@@ -175,7 +184,7 @@ class EventParser:
         lim = self.limits
 
         kind = ev.get("type", "track")
-        if kind not in EVENT_TYPES:
+        if not isinstance(kind, str) or kind not in EVENT_TYPES:
             raise _Reject("invalid_type", "type", f"type must be one of {sorted(EVENT_TYPES)}")
 
         name = _optional_str(ev, "event", lim.max_name_chars)
@@ -191,7 +200,8 @@ class EventParser:
         if user_id is None and anonymous_id is None:
             raise _Reject("missing_field", "user_id", "an event needs user_id or anonymous_id")
 
-        message_id = _optional_str(ev, "message_id", lim.max_message_id_chars)
+        # An empty message_id is absent: kept, every "" in the window would collide as one.
+        message_id = _optional_str(ev, "message_id", lim.max_message_id_chars) or None
         if message_id is not None:
             _refuse_pii(message_id, "message_id")
         else:
@@ -260,6 +270,7 @@ class EventParser:
                 "event_too_large",
                 None,
                 f"the event is {size} bytes; the limit is {lim.max_event_bytes}",
+                size,
             )
 
         email, phone = found.email, found.phone
@@ -549,7 +560,12 @@ def _parse_time(value: Any, name: str) -> datetime:
         raise _Reject("invalid_timestamp", name, f"{name} is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)  # a time without an offset is taken as UTC
-    return parsed
+    try:
+        # 0001-01-01T00:00+01:00 parses, but is before year 1 in UTC: no datetime can hold it,
+        # and it would fail the COPY of every request in the batch.
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise _Reject("invalid_timestamp", name, f"{name} is out of range") from None
 
 
 def _parse_ip(value: str) -> IPAddress | None:

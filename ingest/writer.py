@@ -28,6 +28,9 @@ log = structlog.get_logger("ingest.writer")
 # The connection or the server failed, not the rows: the whole batch is answered 503 and the
 # SDK retries it with the same message ids.
 _TRANSIENT = TRANSIENT_ERRORS
+# Errors a row causes: Postgres refusing it, or asyncpg failing to encode it (a datetime out of
+# range raises OverflowError while the COPY is being written).
+_ROW_ERRORS = (asyncpg.PostgresError, OverflowError, ValueError, TypeError)
 
 
 class Outcome(StrEnum):
@@ -154,12 +157,13 @@ class Writer:
             for pending in batch:
                 self._fail(pending, "the database is unreachable")
             return
-        except asyncpg.PostgresError as exc:
-            # One row Postgres refuses fails the COPY for all: isolate it (T4).
+        except _ROW_ERRORS as exc:
+            # One row Postgres refuses (or that cannot be encoded) fails the COPY for all:
+            # isolate it (T4).
             self._metrics.write_errors.labels(kind="data").inc()
             log.warning(
                 "batch_rejected",
-                sqlstate=exc.sqlstate,
+                sqlstate=_sqlstate(exc),
                 events=len(rows),
                 constraint=getattr(exc, "constraint_name", None),
             )
@@ -186,7 +190,7 @@ class Writer:
             except _TRANSIENT:
                 self._fail(pending, "the database is unreachable")
                 continue
-            except asyncpg.PostgresError:
+            except _ROW_ERRORS:
                 outcomes: list[Outcome] = []
                 for row in pending.rows:
                     try:
@@ -194,8 +198,8 @@ class Writer:
                     except _TRANSIENT:
                         self._fail(pending, "the database is unreachable")
                         break
-                    except asyncpg.PostgresError as exc:
-                        log.warning("event_rejected_by_database", sqlstate=exc.sqlstate)
+                    except _ROW_ERRORS as exc:
+                        log.warning("event_rejected_by_database", sqlstate=_sqlstate(exc))
                         outcomes.append(Outcome.REJECTED)
                     else:
                         outcomes.append(_outcome(one[0]))
