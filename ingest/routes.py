@@ -8,7 +8,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -76,32 +76,52 @@ def _project_header(request: Request) -> uuid.UUID:
         ) from None
 
 
-async def post_events(request: Request) -> Response:
-    svc = services(request)
-    key = await svc.auth.lookup(presented_key(request))
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The project a request's events go to, and how far its sender is trusted."""
+
+    project_id: uuid.UUID
+    default_country: str | None
+    trust_context_ip: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What happened to a request's events, in request order."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[Issue]
+    warnings: list[Issue]
+
+
+async def event_target(request: Request, svc: Services, key: KeyRecord) -> Target:
+    """A write key names its project; a secret key names one of its org's in a header."""
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
     if key.kind is KeyKind.WRITE:
         assert key.project_id is not None  # noqa: S101  # a CHECK constraint guarantees it
-        project_id, country = key.project_id, key.default_country
-        trusted = key.is_server_side
+        target = Target(key.project_id, key.default_country, key.is_server_side)
     else:
-        project_id = _project_header(request)
-        project = await svc.store.get_project(key.org_id, project_id)
+        project = await svc.store.get_project(key.org_id, _project_header(request))
         if project is None:
             raise NotFound("no such project")
-        country, trusted = project.default_country, True
-    _log(request, project_id=str(project_id))
+        target = Target(project.project_id, project.default_country, True)
+    _log(request, project_id=str(target.project_id))
+    return target
 
-    bodies.check_content_type(request)
-    raw = await bodies.read_body(request, svc.settings.max_body_bytes)
-    doc = _loads(raw)
-    items, batch_sent_at, is_batch = _items(doc)
+
+def check_batch_size(svc: Services, items: list[Any]) -> None:
     limit = svc.settings.max_batch_events
     if len(items) > limit:
         raise PayloadTooLarge(
             f"the batch has {len(items)} events; the limit is {limit}", limit=limit, size=len(items)
         )
 
+
+def parse_events(
+    request: Request, svc: Services, target: Target, items: list[Any], batch_sent_at: Any = None
+) -> Parsed:
+    """Validate and scrub ``items`` (already in the native shape) for ``target``."""
     ip = client_ip(
         request.client.host if request.client else None,
         # A proxy may add its hop as a second header line (HAProxy does): read them all.
@@ -109,33 +129,32 @@ async def post_events(request: Request) -> Response:
         svc.settings.trusted_proxies,
     )
     source = Source(
-        project_id=project_id,
-        default_country=country,
+        project_id=target.project_id,
+        default_country=target.default_country,
         received_at=now(),
         peer_geo=svc.locate(ip) if ip is not None else None,
-        trust_context_ip=trusted,
+        trust_context_ip=target.trust_context_ip,
     )
-    parsed = svc.parser.parse(items, source, sent_at=batch_sent_at)
-    if not is_batch and parsed.rejected:
-        _count_rejected(svc.metrics, parsed.rejected)
-        _log(request, events_accepted=0, events_rejected=1)
-        issue = parsed.rejected[0]
-        if issue.code == "event_too_large":
-            raise PayloadTooLarge(
-                issue.reason,
-                limit=svc.settings.max_event_bytes,
-                size=issue.size,
-                errors=[issue.as_dict()],
-            )
-        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    return svc.parser.parse(items, source, sent_at=batch_sent_at)
 
+
+def refuse_single(request: Request, svc: Services, issue: Issue) -> NoReturn:
+    """A request that held one event, and that event was refused: a 4xx for the request."""
+    _count_rejected(svc.metrics, [issue])
+    _log(request, events_accepted=0, events_rejected=1)
+    if issue.code == "event_too_large":
+        raise PayloadTooLarge(
+            issue.reason,
+            limit=svc.settings.max_event_bytes,
+            size=issue.size,
+            errors=[issue.as_dict()],
+        )
+    raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+
+
+async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally:
+    """Hand the rows to the writer; return once committed (Unavailable otherwise)."""
     outcomes = await svc.writer.submit(parsed.rows)
-    return _answer(request, svc, parsed, outcomes, is_batch)
-
-
-def _answer(
-    request: Request, svc: Services, parsed: Parsed, outcomes: list[Outcome], is_batch: bool
-) -> Response:
     rejected = list(parsed.rejected)
     duplicates = 0
     for index, outcome in zip(parsed.indexes, outcomes, strict=True):
@@ -151,15 +170,34 @@ def _answer(
     for warning in parsed.warnings:
         m.events_warnings.labels(code=warning.code).inc()
     _log(request, events_accepted=accepted, events_rejected=len(rejected))
-    if not is_batch and rejected:
-        raise ValidationFailed(rejected[0].reason, errors=[rejected[0].as_dict()])
     rejected.sort(key=lambda issue: issue.index)
+    return Tally(accepted, duplicates, rejected, parsed.warnings)
+
+
+async def read_json(request: Request, svc: Services) -> Any:
+    bodies.check_content_type(request)
+    return _loads(await bodies.read_body(request, svc.settings.max_body_bytes))
+
+
+async def post_events(request: Request) -> Response:
+    svc = services(request)
+    key = await svc.auth.lookup(presented_key(request))
+    target = await event_target(request, svc, key)
+    items, batch_sent_at, is_batch = _items(await read_json(request, svc))
+    check_batch_size(svc, items)
+    parsed = parse_events(request, svc, target, items, batch_sent_at)
+    if not is_batch and parsed.rejected:
+        refuse_single(request, svc, parsed.rejected[0])
+    tally = await store_events(request, svc, parsed)
+    if not is_batch and tally.rejected:  # refused by the database; already counted
+        issue = tally.rejected[0]
+        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
     return JSONResponse(
         {
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": [issue.as_dict() for issue in rejected],
-            "warnings": [issue.as_dict() for issue in parsed.warnings],
+            "accepted": tally.accepted,
+            "duplicates": tally.duplicates,
+            "rejected": [issue.as_dict() for issue in tally.rejected],
+            "warnings": [issue.as_dict() for issue in tally.warnings],
         }
     )
 
