@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import store as store_mod
+from ingest import posthog, segment, store as store_mod
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
@@ -27,6 +28,7 @@ from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import problem_response
 from ingest.logs import RequestContext, configure_logging
 from ingest.metrics import Metrics
+from ingest.origins import ANY_ORIGIN, CORS_SCOPE_KEY
 from ingest.problems import Problem, Unavailable
 from ingest.routes import ROUTES, WRITE_PATHS, Services
 from ingest.store import Store
@@ -44,24 +46,36 @@ class DatabaseNotDurable(Exception):
 
 
 class WriteCORS:
-    """CORS for the write-key routes only: any origin, never credentials, preflight answered.
+    """CORS for the write-key routes only: never credentials, preflight answered.
 
-    Partner routes get no CORS headers at all, so a browser cannot read their answers.
+    Access-Control-Allow-Origin is ``*``, or the request's origin when the key's project has an
+    allow-list that holds it (the handler decides, see origins.check_origin), or absent when
+    the origin is refused. Partner routes get no CORS headers at all, so a browser cannot read
+    their answers.
     """
 
     _PREFLIGHT = (
+        # The preflight carries no key, so it cannot know the project: the real request is
+        # where an origin is refused.
         (b"access-control-allow-origin", b"*"),
-        (b"access-control-allow-methods", b"POST, OPTIONS"),
+        (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
         (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
         (b"access-control-max-age", b"86400"),
+        (b"vary", b"Origin"),
     )
 
-    def __init__(self, app: ASGIApp, paths: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, paths: frozenset[str], patterns: tuple[re.Pattern[str], ...] = ()
+    ) -> None:
         self.app = app
         self.paths = paths
+        self.patterns = patterns
+
+    def _applies(self, path: str) -> bool:
+        return path in self.paths or any(p.fullmatch(path) for p in self.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http" or not self._applies(scope["path"]):
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":
@@ -70,12 +84,17 @@ class WriteCORS:
             )
             await send({"type": "http.response.body", "body": b""})
             return
+        holder: dict[str, str | None] = {"allow": ANY_ORIGIN}
+        scope[CORS_SCOPE_KEY] = holder
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.append((b"access-control-allow-origin", b"*"))
-                headers.append((b"access-control-expose-headers", b"Retry-After, X-Request-Id"))
+                allow = holder["allow"]
+                if allow is not None:
+                    headers.append((b"access-control-allow-origin", allow.encode("latin-1")))
+                    headers.append((b"access-control-expose-headers", b"Retry-After, X-Request-Id"))
+                headers.append((b"vary", b"Origin"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -230,10 +249,16 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             geo.close()
 
     return Starlette(
-        routes=ROUTES,
+        # The Segment and PostHog routes live in their own modules, which build on the steps in
+        # routes.py: listing them here, not there, keeps the import graph acyclic.
+        routes=[*ROUTES, *segment.ROUTES, *posthog.ROUTES],
         middleware=[
             Middleware(RequestContext, metrics=metrics),
-            Middleware(WriteCORS, paths=WRITE_PATHS),
+            Middleware(
+                WriteCORS,
+                paths=WRITE_PATHS | segment.WRITE_PATHS | posthog.WRITE_PATHS,
+                patterns=(segment.SETTINGS_PATH,),
+            ),
         ],
         exception_handlers={
             Problem: _on_problem,

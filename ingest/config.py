@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -63,6 +64,9 @@ class Settings:
     workers: int = 1
     # Peers allowed to set X-Forwarded-For (load balancers); empty trusts no header.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # The URL browsers and SDKs reach this server at (https://ingest.example.com), announced
+    # by the Segment settings endpoint. None: taken from each request's Host header.
+    public_url: str | None = None
     log_level: str = "info"
     log_format: str = "auto"  # "json", "console", or "auto" (console on a tty)
 
@@ -118,6 +122,7 @@ class Settings:
         take("PORT", "port", _port)
         take("WORKERS", "workers", _positive_int)
         take("TRUSTED_PROXIES", "trusted_proxies", _networks)
+        take("PUBLIC_URL", "public_url", _public_url)
         take("LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error"))
         take("LOG_FORMAT", "log_format", _choice("auto", "json", "console"))
         take("MAX_BODY_BYTES", "max_body_bytes", _positive_int)
@@ -165,6 +170,13 @@ def _non_negative_float(raw: str) -> float:
     if value < 0:
         raise ValueError(f"must be zero or more, got {value}")
     return value
+
+
+def _public_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"must be an http(s) URL such as https://ingest.example.com, got {raw!r}")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
 def _networks(raw: str) -> tuple[IPNetwork, ...]:

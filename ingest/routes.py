@@ -26,6 +26,7 @@ from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
 from ingest.logs import LOG_STATE
 from ingest.metrics import Metrics
+from ingest.origins import OriginsInvalid, check_origin, parse_allowed_origins
 from ingest.problems import (
     Forbidden,
     InvalidBody,
@@ -35,7 +36,7 @@ from ingest.problems import (
     Unavailable,
     ValidationFailed,
 )
-from ingest.store import KeyRecord, Store
+from ingest.store import KeyRecord, ProjectChanges, Store
 from ingest.writer import Outcome, Writer
 
 # Routes that browsers' SDKs post to with a write key: CORS applies to exactly these.
@@ -94,12 +95,22 @@ class Tally:
     rejected: list[Issue]
     warnings: list[Issue]
 
+    def as_dict(self) -> dict[str, Any]:
+        """The per-event results every write route answers with."""
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [issue.as_dict() for issue in self.rejected],
+            "warnings": [issue.as_dict() for issue in self.warnings],
+        }
+
 
 async def event_target(request: Request, svc: Services, key: KeyRecord) -> Target:
     """A write key names its project; a secret key names one of its org's in a header."""
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
     if key.kind is KeyKind.WRITE:
         assert key.project_id is not None  # noqa: S101  # a CHECK constraint guarantees it
+        check_origin(request, key.allowed_origins)
         target = Target(key.project_id, key.default_country, key.is_server_side)
     else:
         project = await svc.store.get_project(key.org_id, _project_header(request))
@@ -202,6 +213,11 @@ async def post_events(request: Request) -> Response:
     )
 
 
+def parse_json(raw: bytes) -> Any:
+    """A body decoded by the caller (base64, gzip-js) as JSON, with read_json's errors."""
+    return _loads(raw)
+
+
 def _count_rejected(metrics: Metrics, rejected: list[Issue]) -> None:
     for issue in rejected:
         metrics.events_rejected.labels(reason=issue.code).inc()
@@ -246,17 +262,13 @@ def _items(doc: Any) -> tuple[list[Any], Any, bool]:
     return [doc], None, False
 
 
-async def post_projects(request: Request) -> Response:
-    svc = services(request)
-    key = await svc.auth.secret_key(request)
-    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
-    bodies.check_content_type(request)
-    doc = _loads(await bodies.read_body(request, 64 * 1024))
-    if not isinstance(doc, dict):
-        raise InvalidBody("the body must be a JSON object")
+def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
+    """The project fields of a POST (``name`` required) or a PATCH (each optional)."""
     errors: list[dict[str, str]] = []
     name = doc.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name:
+    if (not partial or "name" in doc) and (
+        not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name
+    ):
         errors.append({"field": "name", "reason": "a non-empty string of at most 200 characters"})
     country = doc.get("default_country")
     if country is not None and (
@@ -266,14 +278,56 @@ async def post_projects(request: Request) -> Response:
         or not country.isalpha()
     ):
         errors.append({"field": "default_country", "reason": "an ISO 3166 alpha-2 code or null"})
+    origins: tuple[str, ...] | None = None
+    try:
+        origins = parse_allowed_origins(doc.get("allowed_origins"))
+    except OriginsInvalid as exc:
+        errors.append({"field": "allowed_origins", "reason": str(exc)})
     if errors:
         raise ValidationFailed("the project is invalid", errors=errors)
-    assert isinstance(name, str)  # noqa: S101  # narrowed by the checks above
+    return ProjectChanges(
+        set_name="name" in doc,
+        name=name.strip() if isinstance(name, str) else None,
+        set_default_country="default_country" in doc,
+        default_country=country.upper() if isinstance(country, str) else None,
+        set_allowed_origins="allowed_origins" in doc,
+        allowed_origins=origins,
+    )
+
+
+async def _project_doc(request: Request) -> dict[str, Any]:
+    bodies.check_content_type(request)
+    doc = _loads(await bodies.read_body(request, 64 * 1024))
+    if not isinstance(doc, dict):
+        raise InvalidBody("the body must be a JSON object")
+    return doc
+
+
+async def post_projects(request: Request) -> Response:
+    svc = services(request)
+    key = await svc.auth.secret_key(request)
+    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    fields = _project_fields(await _project_doc(request), partial=False)
+    assert fields.name is not None  # noqa: S101  # required by _project_fields
     project, write_key = await svc.store.create_project(
-        key.org_id, name.strip(), country.upper() if isinstance(country, str) else None
+        key.org_id, fields.name, fields.default_country, fields.allowed_origins
     )
     _log(request, project_id=str(project.project_id))
     return JSONResponse({**project.as_dict(), "write_key": write_key.as_dict()}, status_code=201)
+
+
+async def patch_project(request: Request) -> Response:
+    """Change a project's name, default country or origin allow-list; absent fields stay."""
+    svc = services(request)
+    key = await svc.auth.secret_key(request)
+    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    project = await _own_project(svc, key, request.path_params["project_id"])
+    changes = _project_fields(await _project_doc(request), partial=True)
+    updated = await svc.store.update_project(key.org_id, project.project_id, changes)
+    if updated is None:  # deleted between the two statements
+        raise NotFound("no such project")
+    _log(request, project_id=str(updated.project_id))
+    return JSONResponse(updated.as_dict())
 
 
 async def post_project_keys(request: Request) -> Response:
@@ -340,6 +394,7 @@ async def metrics(request: Request) -> Response:
 ROUTES: Final = [
     Route("/v1/events", post_events, methods=["POST"]),
     Route("/v1/projects", post_projects, methods=["POST"]),
+    Route("/v1/projects/{project_id}", patch_project, methods=["PATCH"]),
     Route("/v1/projects/{project_id}/keys", post_project_keys, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

@@ -91,6 +91,8 @@ class KeyRecord:
     default_country: str | None
     is_server_side: bool
     digest: bytes
+    # The project's browser origin allow-list; None accepts any Origin.
+    allowed_origins: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +120,16 @@ class Project:
     name: str
     default_country: str | None
     created_at: datetime
+    allowed_origins: tuple[str, ...] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": str(self.project_id),
             "name": self.name,
             "default_country": self.default_country,
+            "allowed_origins": (
+                list(self.allowed_origins) if self.allowed_origins is not None else None
+            ),
             "created_at": self.created_at.isoformat(),
         }
 
@@ -140,13 +146,14 @@ _INSERT_KEY: Final = """
 """
 
 _INSERT_PROJECT: Final = """
-    INSERT INTO projects (id, org_id, name, default_country)
-    VALUES ($1, $2, $3, $4)
+    INSERT INTO projects (id, org_id, name, default_country, allowed_origins)
+    VALUES ($1, $2, $3, $4, $5)
     RETURNING created_at
 """
 
 _FIND_KEY: Final = """
-    SELECT k.id, k.kind, k.org_id, k.project_id, k.is_server_side, k.digest, p.default_country
+    SELECT k.id, k.kind, k.org_id, k.project_id, k.is_server_side, k.digest, p.default_country,
+           p.allowed_origins
     FROM api_keys AS k
     LEFT JOIN projects AS p ON p.id = k.project_id
     WHERE k.digest = $1
@@ -154,10 +161,21 @@ _FIND_KEY: Final = """
 """
 
 _GET_PROJECT: Final = """
-    SELECT id, org_id, name, default_country, created_at
+    SELECT id, org_id, name, default_country, created_at, allowed_origins
     FROM projects
     WHERE id = $1
       AND org_id = $2
+"""
+
+# Each field is replaced only when its flag is set, so a PATCH can set a column to NULL.
+_UPDATE_PROJECT: Final = """
+    UPDATE projects
+    SET name = CASE WHEN $3::boolean THEN $4::text ELSE name END,
+        default_country = CASE WHEN $5::boolean THEN $6::text ELSE default_country END,
+        allowed_origins = CASE WHEN $7::boolean THEN $8::text[] ELSE allowed_origins END
+    WHERE id = $1
+      AND org_id = $2
+    RETURNING id, org_id, name, default_country, created_at, allowed_origins
 """
 
 _INSERT_DEDUP: Final = """
@@ -167,6 +185,33 @@ _INSERT_DEDUP: Final = """
     ON CONFLICT DO NOTHING
     RETURNING project_id, message_id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectChanges:
+    """A PATCH of a project: each ``set_*`` flag says whether its field was given."""
+
+    set_name: bool = False
+    name: str | None = None
+    set_default_country: bool = False
+    default_country: str | None = None
+    set_allowed_origins: bool = False
+    allowed_origins: tuple[str, ...] | None = None
+
+
+def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+def _project(row: asyncpg.Record) -> Project:
+    return Project(
+        row["id"],
+        row["org_id"],
+        row["name"],
+        row["default_country"],
+        row["created_at"],
+        _origins(row["allowed_origins"]),
+    )
 
 
 class Store:
@@ -213,24 +258,49 @@ class Store:
         return org_id, key
 
     async def create_project(
-        self, org_id: uuid.UUID, name: str, default_country: str | None
+        self,
+        org_id: uuid.UUID,
+        name: str,
+        default_country: str | None,
+        allowed_origins: Sequence[str] | None = None,
     ) -> tuple[Project, IssuedKey]:
         project_id = uuid.uuid4()
+        origins = tuple(allowed_origins) if allowed_origins is not None else None
         async with self.pool.acquire() as conn, conn.transaction():
             created_at = await conn.fetchval(
-                _INSERT_PROJECT, project_id, org_id, name, default_country
+                _INSERT_PROJECT,
+                project_id,
+                org_id,
+                name,
+                default_country,
+                list(origins) if origins is not None else None,
             )
             key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
-        return Project(project_id, org_id, name, default_country, created_at), key
+        return Project(project_id, org_id, name, default_country, created_at, origins), key
 
     async def get_project(self, org_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
         """The project if it belongs to ``org_id``; another tenant's is as missing as none."""
         row = await self._fetchrow(_GET_PROJECT, project_id, org_id)
-        if row is None:
-            return None
-        return Project(
-            row["id"], row["org_id"], row["name"], row["default_country"], row["created_at"]
-        )
+        return None if row is None else _project(row)
+
+    async def update_project(
+        self, org_id: uuid.UUID, project_id: uuid.UUID, changes: ProjectChanges
+    ) -> Project | None:
+        """Apply ``changes``; None when the project is missing or another tenant's."""
+        origins = changes.allowed_origins
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                _UPDATE_PROJECT,
+                project_id,
+                org_id,
+                changes.set_name,
+                changes.name,
+                changes.set_default_country,
+                changes.default_country,
+                changes.set_allowed_origins,
+                list(origins) if origins is not None else None,
+            )
+        return None if row is None else _project(row)
 
     async def create_write_key(
         self, org_id: uuid.UUID, project_id: uuid.UUID, is_server_side: bool
@@ -285,6 +355,7 @@ class Store:
             default_country=row["default_country"],
             is_server_side=row["is_server_side"],
             digest=row["digest"],
+            allowed_origins=_origins(row["allowed_origins"]),
         )
 
     # -- the write path (called by writer.Writer only) ------------------------------------------

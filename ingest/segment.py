@@ -1,0 +1,215 @@
+"""Segment's Tracking API on our write path, so the Segment SDKs work by changing only their host.
+
+Each route maps Segment's fields onto the native event and runs the same steps as /v1/events.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest.auth import presented_key
+from ingest.jsonx import JSONResponse
+from ingest.keys import KeyKind
+from ingest.logs import LOG_STATE
+from ingest.origins import check_origin
+from ingest.problems import Forbidden, InvalidBody, ValidationFailed
+from ingest.routes import (
+    Services,
+    check_batch_size,
+    event_target,
+    parse_events,
+    read_json,
+    refuse_single,
+    services,
+    store_events,
+)
+from ingest.store import KeyRecord
+
+# Route -> the event type it implies. The one-letter paths are what analytics.js really calls.
+SINGLE_ROUTES: Final = {
+    "track": "track",
+    "identify": "identify",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+BATCH_PATHS: Final = ("/v1/batch", "/v1/b")
+SETTINGS_PATH: Final = re.compile(r"/v1/projects/[^/]+/settings")
+WRITE_PATHS: Final = frozenset({f"/v1/{name}" for name in SINGLE_ROUTES} | set(BATCH_PATHS))
+
+# Keys of a Segment message that are about delivery, not the event. ``integrations`` turns
+# Segment's destinations on and off; ours are configured per project, so it is not stored.
+_DROPPED: Final = ("writeKey", "integrations", "_metadata")
+# A Host header we are willing to repeat back in the settings (it becomes the SDK's apiHost).
+_HOST: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
+
+
+async def _write_key(svc: Services, plaintext: Any) -> KeyRecord:
+    key = await svc.auth.lookup(plaintext if isinstance(plaintext, str) else None)
+    if key.kind is not KeyKind.WRITE:
+        # A secret key in a browser's body would be a leaked secret: refuse it outright.
+        raise Forbidden("the Segment routes take a project write key")
+    return key
+
+
+def _message(item: Any, kind: str | None, batch_context: Any) -> Any:
+    """One Segment message in the native shape (camelCase ids are read by the parser)."""
+    if not isinstance(item, dict):
+        return item  # refused by the parser, with its index
+    event = {k: v for k, v in item.items() if k not in _DROPPED}
+    if kind is not None:
+        event["type"] = kind  # the route says what it is, whatever the body claims
+    if isinstance(batch_context, dict) and batch_context:
+        # Segment applies a batch's context to each message; the message's own keys win.
+        own = event.get("context")
+        event["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context
+    if event.get("type") == "page" and "category" in event:
+        category = event.pop("category")
+        properties = event.get("properties")
+        if properties is None:
+            event["properties"] = properties = {}
+        if isinstance(properties, dict):
+            properties.setdefault("category", category)
+    return event
+
+
+def _items(doc: Any, kind: str | None) -> tuple[list[Any], Any, bool]:
+    """(events, batch-level sentAt, whether the body was a batch)."""
+    if not isinstance(doc, dict):
+        raise InvalidBody("the body must be a JSON object")
+    if kind is not None:
+        return [_message(doc, kind, None)], None, False
+    batch = doc.get("batch")
+    if not isinstance(batch, list):
+        raise InvalidBody("batch must be an array of messages", field="batch")
+    context = doc.get("context")
+    return (
+        [_message(item, None, context) for item in batch],
+        doc.get("sentAt", doc.get("sent_at")),
+        True,
+    )
+
+
+async def _track_api(request: Request, kind: str | None) -> Response:
+    svc = services(request)
+    header_key = presented_key(request)
+    if header_key is not None:
+        # The Basic user first: an unknown key is refused before the body is read.
+        key = await _write_key(svc, header_key)
+        doc = await read_json(request, svc)
+    else:
+        doc = await read_json(request, svc)
+        key = await _write_key(svc, doc.get("writeKey") if isinstance(doc, dict) else None)
+    target = await event_target(request, svc, key)
+    items, sent_at, is_batch = _items(doc, kind)
+    check_batch_size(svc, items)
+    parsed = parse_events(request, svc, target, items, sent_at)
+    if not is_batch and parsed.rejected:
+        refuse_single(request, svc, parsed.rejected[0])
+    tally = await store_events(request, svc, parsed)
+    if not is_batch and tally.rejected:  # refused by the database; already counted
+        issue = tally.rejected[0]
+        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    # Segment answers {"success": true}; the per-event results are ours, beside it.
+    return JSONResponse({"success": True, **tally.as_dict()})
+
+
+def _single(kind: str) -> Any:
+    async def handler(request: Request) -> Response:
+        return await _track_api(request, kind)
+
+    handler.__name__ = f"segment_{kind}"
+    return handler
+
+
+async def post_batch(request: Request) -> Response:
+    return await _track_api(request, None)
+
+
+def public_base(request: Request, svc: Services) -> tuple[str, str]:
+    """(protocol, host[:port][/path]) where SDKs reach this server: INGEST_PUBLIC_URL, else the
+    request's Host, with X-Forwarded-Proto believed only from a trusted proxy."""
+    if svc.settings.public_url is not None:
+        scheme, _, rest = svc.settings.public_url.partition("://")
+        return scheme, rest
+    host = request.headers.get("host", "")
+    if not _HOST.fullmatch(host):
+        raise InvalidBody("the Host header is not a host name; set INGEST_PUBLIC_URL")
+    scheme = request.url.scheme
+    forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
+    if forwarded in ("http", "https") and _from_trusted_proxy(request, svc):
+        scheme = forwarded
+    return scheme, host
+
+
+def _from_trusted_proxy(request: Request, svc: Services) -> bool:
+    if request.client is None:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(peer.version == net.version and peer in net for net in svc.settings.trusted_proxies)
+
+
+async def get_settings(request: Request) -> Response:
+    """What analytics.js (from its cdnURL) and analytics-kotlin/swift fetch at start."""
+    svc = services(request)
+    write_key = request.path_params["write_key"]
+    key = await _write_key(svc, write_key)
+    request.scope[LOG_STATE].update(
+        org_id=str(key.org_id), key_id=str(key.key_id), project_id=str(key.project_id)
+    )
+    check_origin(request, key.allowed_origins)
+    protocol, host = public_base(request, svc)
+    segment_io = {
+        # analytics.js sends exactly this value as the key of every call, and none without it.
+        "apiKey": write_key,
+        "apiHost": f"{host}/v1",
+        "protocol": protocol,
+        "unbundledIntegrations": [],
+        "addBundledMetadata": True,
+        "maybeBundledConfigIds": {},
+    }
+    doc = {
+        "integrations": {"Segment.io": segment_io},
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        # analytics.js reports its own telemetry to Segment's host unless told not to sample.
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+    return JSONResponse(doc, headers={"Cache-Control": "no-store"})
+
+
+ROUTES: Final = [
+    *(
+        Route(f"/v1/{name}", _single(kind), methods=["POST"])
+        for name, kind in SINGLE_ROUTES.items()
+    ),
+    *(Route(path, post_batch, methods=["POST"]) for path in BATCH_PATHS),
+    Route("/v1/projects/{write_key}/settings", get_settings, methods=["GET"]),
+]
