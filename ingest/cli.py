@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import os
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final, TextIO
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import orjson
@@ -20,6 +24,7 @@ import structlog
 
 from ingest import embedded, migrate
 from ingest.config import ConfigError, Secret, Settings
+from ingest.geo import GeoDatabaseError, GeoLookup
 from ingest.logs import configure_logging
 from ingest.metrics import MULTIPROC_ENV
 from ingest.store import Store, create_pool
@@ -27,21 +32,68 @@ from ingest.store import Store, create_pool
 log = structlog.get_logger("ingest.cli")
 
 
+# Seconds to wait for Postgres to accept a connection before telling the person it cannot.
+CONNECT_TIMEOUT_S: Final = 10.0
+
+_DATABASE_ENV: Final = """environment:
+  INGEST_DATABASE_URL  postgresql://USER:PASSWORD@HOST:PORT/DATABASE; unset: an embedded
+                       Postgres under INGEST_DATA_DIR
+  INGEST_DATA_DIR      where the embedded Postgres keeps its files (~/.local/share/ingest)
+  INGEST_LOG_LEVEL     debug, info, warning or error (info)
+  INGEST_LOG_FORMAT    json, console or auto (console on a terminal)"""
+
+_SERVE_ENV: Final = f"""{_DATABASE_ENV}
+  INGEST_HOST          interface to listen on (127.0.0.1)
+  INGEST_PORT          port to listen on (8000)
+  INGEST_WORKERS       worker processes (1)
+  INGEST_GEOIP_DB      GeoLite2/GeoIP2 City .mmdb file; unset: the bundled 2018 database
+  INGEST_TRUSTED_PROXIES  load balancers allowed to set X-Forwarded-For (CIDRs, comma-separated)
+
+The limits and writer settings are in the README's Configuration section."""
+
+
+class CommandError(Exception):
+    """Something the person running the command can fix; printed as one line, no traceback."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingest", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP API (applies migrations first)")
+    def command(
+        parent: Any, name: str, summary: str, env: str = _DATABASE_ENV
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=env,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        return sub
+
+    parser = argparse.ArgumentParser(
+        prog="ingest",
+        description="Privacy-first event ingestion: events in, PII hashed, IPs resolved and "
+        "dropped, rows in Postgres.",
+        epilog="Settings come from INGEST_* environment variables; `ingest COMMAND --help` lists "
+        "the ones each command reads.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = command(sub, "serve", "run the HTTP API (applies migrations first)", _SERVE_ENV)
     serve.add_argument("--host", help="interface to listen on (INGEST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (INGEST_PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (INGEST_WORKERS)")
-    sub.add_parser("migrate", help="apply the SQL migrations that are not applied yet")
-    admin = sub.add_parser("admin", help="bootstrap commands")
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
-    create_org = admin_sub.add_parser(
-        "create-org", help="create an organization and print its first secret key as JSON"
+    serve.add_argument("--workers", type=int, help="worker processes (INGEST_WORKERS, default 1)")
+    command(sub, "migrate", "apply the SQL migrations that are not applied yet")
+    admin = command(sub, "admin", "bootstrap commands (create-org)")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="SUBCOMMAND")
+    create_org = command(
+        admin_sub, "create-org", "create an organization and print its first secret key as JSON"
     )
-    create_org.add_argument("name")
-    sub.add_parser("purge", help="delete expired data (message ids past the dedup window)")
+    create_org.add_argument("name", help="the organization's display name")
+    command(
+        sub,
+        "purge",
+        "delete expired data (message ids past the dedup window)",
+        _DATABASE_ENV + "\n  INGEST_DEDUP_WINDOW_DAYS  how long message ids are kept (7)",
+    )
     return parser
 
 
@@ -62,12 +114,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     settings = dataclasses.replace(settings, **overrides)
-    # Commands that print a result keep stdout for it; their log goes to stderr.
-    configure_logging(
-        settings.log_level,
-        settings.log_format,
-        None if args.command == "serve" else sys.stderr.buffer,
-    )
+    _configure_logging(settings, args.command)
+    try:
+        return _run(args, settings)
+    except CommandError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201  # for a person, not a log
+        return 1
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger with the ``name`` that structlog.stdlib.add_logger_name reads."""
+
+    def __init__(self, file: TextIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+def _console_loggers(file: TextIO) -> Callable[..., _NamedPrintLogger]:
+    def factory(*args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(file, str(args[0]) if args else "")
+
+    return factory
+
+
+def _configure_logging(settings: Settings, command: str) -> None:
+    # Commands that print a result keep stdout for it; their log (progress included) goes to
+    # stderr, readable when a person watches it and JSON when a program collects it.
+    out = sys.stdout if command == "serve" else sys.stderr
+    fmt = settings.log_format
+    if fmt == "auto":
+        fmt = "console" if out.isatty() else "json"
+    configure_logging(settings.log_level, fmt, None if command == "serve" else sys.stderr.buffer)
+    if fmt == "console":
+        # Two gaps in configure_logging's console mode, filled here until logs.py closes them:
+        # its PrintLogger has no name, so add_logger_name raises on the first line; and it
+        # prints to stdout whatever stream it is given, where stdout is a command's result.
+        structlog.configure(logger_factory=_console_loggers(out))
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.database_url is not None:
+        _check_database_url(settings.database_url)
+    if args.command == "serve":
+        # Before the database, so a typo costs a second and not an embedded Postgres start.
+        _check_geoip(settings)
+        _check_port(settings)
     settings, server = _database(settings)
     try:
         if args.command == "serve":
@@ -89,13 +180,161 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def _check_database_url(url: Secret) -> None:
+    """Refuse a URL asyncpg cannot use, naming what is wrong but never echoing the URL (it
+    holds the password)."""
+    parts = urlsplit(url.reveal())
+    if parts.scheme not in ("postgresql", "postgres"):
+        got = f" (it starts with {parts.scheme}://)" if parts.scheme and parts.netloc else ""
+        raise CommandError(
+            "INGEST_DATABASE_URL is not a Postgres URL"
+            f"{got}; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    for endpoint in _endpoints(url):
+        port = endpoint.rpartition(":")[2]
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise CommandError(
+                f"INGEST_DATABASE_URL has an invalid port {port!r}; "
+                "expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
+
+
+def _endpoints(url: Secret) -> list[str]:
+    """The HOST:PORT pairs a URL names (asyncpg accepts several, comma-separated)."""
+    parts = urlsplit(url.reveal())
+    query = parse_qs(parts.query)
+    hostlist = parts.netloc.rpartition("@")[2]
+    if not hostlist:
+        # postgresql:///db?host=/run/postgresql (a socket directory), or libpq's default.
+        host = query.get("host", ["localhost"])[0]
+        return [f"{host}:{query.get('port', ['5432'])[0]}"]
+    endpoints = []
+    for item in hostlist.split(","):
+        if item.startswith("["):  # [::1]:5432, kept bracketed so the port stays readable
+            host, _, rest = item.partition("]")
+            host += "]"
+            port = rest.removeprefix(":") or "5432"
+        else:
+            host, _, port = item.partition(":")
+            port = port or "5432"
+        endpoints.append(f"{host or 'localhost'}:{port}")
+    return endpoints
+
+
+@contextlib.contextmanager
+def _connecting(settings: Settings) -> Iterator[None]:
+    """Turn a failure to reach Postgres into one line that says where and why, without the
+    password."""
+    assert settings.database_url is not None  # noqa: S101  # set by _database
+    url = settings.database_url
+    try:
+        yield
+    except (ValueError, asyncpg.ClientConfigurationError) as exc:  # asyncpg's URL parser
+        raise CommandError(
+            f"INGEST_DATABASE_URL is not a usable Postgres URL ({_scrub(str(exc), url)})"
+        ) from None
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidCatalogNameError,
+    ) as exc:
+        where = ", ".join(_endpoints(url))
+        raise CommandError(
+            f"cannot connect to Postgres at {where} ({_reason(exc, url)}); "
+            "check INGEST_DATABASE_URL"
+        ) from None
+
+
+def _reason(exc: BaseException, url: Secret) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {CONNECT_TIMEOUT_S:g}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return _scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
+
+
+def _scrub(text: str, url: Secret) -> str:
+    """Remove the URL and its password from text that a driver built from them."""
+    password = urlsplit(url.reveal()).password
+    text = text.replace(url.reveal(), "INGEST_DATABASE_URL")
+    return text.replace(password, "********") if password else text
+
+
+def _check_geoip(settings: Settings) -> None:
+    if settings.geoip_path is None:
+        return
+    try:
+        GeoLookup.open(settings.geoip_path).close()
+    except GeoDatabaseError as exc:
+        raise CommandError(
+            f"{exc}; set INGEST_GEOIP_DB to a GeoLite2/GeoIP2 City .mmdb file, or unset it to "
+            "use the bundled 2018 database"
+        ) from None
+
+
+def _check_port(settings: Settings) -> None:
+    """Bind the address uvicorn will bind, so a taken port is one clear line, not a traceback
+    from inside uvicorn after the migrations have run."""
+    host, port = settings.host, settings.port
+    if port == 0:  # any free port: nothing to check
+        return
+    hint = "choose another with --port or INGEST_PORT"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise CommandError(
+            f"cannot listen on {host}: not an address or a known host name; "
+            "set --host or INGEST_HOST"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # uvicorn sets SO_REUSEADDR too: sockets of a previous run in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {port} on {host} is in use; {hint}") from None
+            if exc.errno == errno.EACCES:
+                raise CommandError(
+                    f"port {port} on {host} needs privileges this user lacks; {hint}"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise CommandError(
+                    f"{host} is not an address of this machine; set --host or INGEST_HOST"
+                ) from None
+            raise CommandError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
 def _database(settings: Settings) -> tuple[Settings, Any]:
     if settings.database_url is not None:
         return settings, None
-    server, dsn = embedded.start(settings.data_dir)
+    try:
+        server, dsn = embedded.start(settings.data_dir)
+    except Exception as exc:  # pgserver raises anything from OSError to CalledProcessError
+        raise CommandError(
+            f"the embedded Postgres did not start under {settings.data_dir / 'pg'} "
+            f"({_startup_reason(exc)}); fix INGEST_DATA_DIR, or set INGEST_DATABASE_URL to "
+            "use another Postgres"
+        ) from None
     # Worker processes read their settings from the environment; give them the same database.
     os.environ["INGEST_DATABASE_URL"] = dsn
     return dataclasses.replace(settings, database_url=Secret(dsn)), server
+
+
+def _startup_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror.lower()}{where}"
+    first = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {first[0]}" if first else type(exc).__name__
 
 
 def _dsn(settings: Settings) -> str:
@@ -104,16 +343,29 @@ def _dsn(settings: Settings) -> str:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    conn = await asyncpg.connect(_dsn(settings))
+    """Apply pending migrations; migrate.migrate logs each file as it is applied."""
+    with _connecting(settings):
+        conn = await asyncpg.connect(_dsn(settings), timeout=CONNECT_TIMEOUT_S)
     try:
-        return await migrate.migrate(conn)
+        applied = await migrate.migrate(conn)
+    except migrate.MigrationError as exc:
+        raise CommandError(str(exc)) from None
     finally:
         await conn.close()
+    log.info("migrations_done", applied=len(applied))
+    return applied
+
+
+async def _pool(settings: Settings) -> asyncpg.Pool:
+    with _connecting(settings):
+        return await create_pool(
+            _dsn(settings), min_size=1, max_size=1, connect_timeout=CONNECT_TIMEOUT_S
+        )
 
 
 async def _create_org(settings: Settings, name: str) -> dict[str, Any]:
     await _migrate(settings)
-    pool = await create_pool(_dsn(settings), min_size=1, max_size=1, connect_timeout=10)
+    pool = await _pool(settings)
     try:
         org_id, key = await Store(pool).create_org(name)
     finally:
@@ -122,12 +374,14 @@ async def _create_org(settings: Settings, name: str) -> dict[str, Any]:
 
 
 async def _purge(settings: Settings) -> dict[str, int]:
-    pool = await create_pool(_dsn(settings), min_size=1, max_size=1, connect_timeout=10)
+    pool = await _pool(settings)
     try:
         cutoff = datetime.now(UTC) - timedelta(days=settings.dedup_window_days)
-        return {"dedup_purged": await Store(pool).purge_dedup(cutoff)}
+        purged = await Store(pool).purge_dedup(cutoff)
     finally:
         await pool.close()
+    log.info("purge_done", message_ids_deleted=purged, older_than_days=settings.dedup_window_days)
+    return {"dedup_purged": purged}
 
 
 def _announce_geoip(settings: Settings) -> None:
