@@ -1,0 +1,151 @@
+"""Browser test: analytics-next in headless Chromium sends to a live ingest, rows are checked.
+
+Run by ./run (which installs Chromium and the npm packages first); not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from ingest.store import init_connection
+
+HERE = Path(__file__).resolve().parent
+INGEST = [sys.executable, "-m", "ingest.cli"]
+CHECKS = 6  # the conditions main() checks, for the closing "N passed, N failed" line
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the name is the base class's
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rows(dsn: str, count: int) -> list[dict[str, Any]]:
+    """The events once ``count`` are stored, polling until a deadline."""
+
+    async def fetch() -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(dsn)
+        await init_connection(conn)
+        try:
+            return [dict(r) for r in await conn.fetch("SELECT * FROM events")]
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 30
+    rows = asyncio.run(fetch())
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling interval, not an assertion
+        rows = asyncio.run(fetch())
+    return rows
+
+
+def main() -> int:
+    from pgserver import get_server  # type: ignore[attr-defined]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pg = get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        dsn = pg.get_uri()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+        env["INGEST_DATABASE_URL"] = dsn
+        subprocess.run([*INGEST, "migrate"], env=env, check=True, capture_output=True)
+        port = _free_port()
+        server = subprocess.Popen(
+            [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # The page comes from another origin (another port), so every call is cross-origin.
+        handler = functools.partial(_QuietHandler, directory=str(HERE))
+        pages = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=pages.serve_forever, daemon=True).start()
+        try:
+            api = f"127.0.0.1:{port}"
+            deadline = time.monotonic() + 90
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("ingest serve did not start")
+                try:
+                    if httpx.get(f"http://{api}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            created = subprocess.run(
+                [*INGEST, "admin", "create-org", "Browser"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            secret = json.loads(created.stdout)["secret_key"]["key"]
+            project = httpx.post(
+                f"http://{api}/v1/projects",
+                json={"name": "Site", "allowed_origins": [f"http://127.0.0.1:{pages.server_port}"]},
+                headers={"Authorization": f"Bearer {secret}"},
+            ).json()
+            write_key = project["write_key"]["key"]
+            url = f"http://127.0.0.1:{pages.server_port}/index.html?writeKey={write_key}&api={api}"
+            driven = subprocess.run(
+                ["node", str(HERE / "drive.mjs"), url],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            print(driven.stderr, file=sys.stderr)
+            result = json.loads(driven.stdout.strip().splitlines()[-1])
+            failures: list[str] = []
+            if not result.get("ok") or not result.get("queued"):
+                failures.append(f"the page failed: {result}")
+            if f"GET /v1/projects/{write_key}/settings" not in result["requests"]:
+                failures.append("analytics-next did not fetch its settings from ingest")
+            rows = _rows(dsn, 4)
+            by = {(r["type"], r["event"]): r for r in rows}
+            want = {("page", "Home"), ("identify", None), ("track", "Clicked"), ("track", "Left")}
+            if set(by) != want:
+                failures.append(f"rows {sorted(map(str, by))} != {sorted(map(str, want))}")
+            identify = by.get(("identify", None))
+            digest = hashlib.sha256(b"ann.lee@example.com").hexdigest()
+            if identify is None or identify["email_sha256"] != digest:
+                failures.append("the identify's email was not stored hashed")
+            if "Ann.Lee" in json.dumps(rows, default=str):
+                failures.append("a raw email reached a row")
+            page = by.get(("page", "Home"))
+            if page is not None and page["properties"].get("category") != "Docs":
+                failures.append("the page category was not kept")
+            for failure in failures:
+                print(f"FAIL {failure}", file=sys.stderr)
+            print(f"{CHECKS - len(failures)} passed, {len(failures)} failed")
+            return 1 if failures else 0
+        finally:
+            pages.shutdown()
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+            pg.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
