@@ -61,7 +61,8 @@ class Settings:
     geoip_path: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
+    # One worker per CPU: the server's own CPU is the bottleneck (loadtests/RESULTS.md).
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     # Peers allowed to set X-Forwarded-For (load balancers); empty trusts no header.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     # The URL browsers and SDKs reach this server at (https://ingest.example.com), announced

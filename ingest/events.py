@@ -6,6 +6,7 @@ per-event results; a raw email, phone, IP or device id never survives into eithe
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
@@ -89,6 +90,8 @@ _DEVICE_ID_KEYS: Final = frozenset(
         "adtrackingid",
     }
 )
+# Property keys repeat across events (the same SDK sends the same keys): normalise each once.
+_normalize_key: Final = functools.lru_cache(maxsize=8192)(pii.normalize_key)
 _IPV6_CHARS: Final = re.compile(r"^[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]+)?$")
 
 
@@ -366,7 +369,7 @@ class _Scrubber:
                 del obj[key]
                 obj[new_key] = value
                 key = new_key
-            nkey = pii.normalize_key(key)
+            nkey = _normalize_key(key)
             child = f"{path}.{key}"
             if nkey in _IP_KEYS or nkey in _DEVICE_ID_KEYS:
                 del obj[key]

@@ -8,11 +8,12 @@ at the end of the chain is the last line of defence if code ever tries.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO, Final
 
@@ -34,8 +35,26 @@ _PHONE_RE: Final = re.compile(
     r"(?:\+|\b00)\d[\d\s().-]{6,}\d"
     r"|(?<![\d.])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}(?![\d.])"
 )
-# "event" (the message) is redacted too: an f-string message is the likeliest side door.
-_SAFE_KEYS: Final = frozenset({"timestamp", "level", "logger"})
+# "event" (the message) is redacted too: an f-string message is the likeliest side door. The
+# request line's own fields are ids and numbers this service generated: no need to scan them.
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SAFE_KEYS: Final = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "request_id",
+        "org_id",
+        "key_id",
+        "project_id",
+        "route",
+        "method",
+        "status",
+        "duration_ms",
+        "events_accepted",
+        "events_rejected",
+    }
+)
 
 
 def _redact_text(text: str) -> str:
@@ -148,6 +167,13 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Request ids: a random per-process prefix and a counter. Unique across workers and
+        # restarts, and without uuid4's getrandom() system call on every request.
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
+        # prometheus-client's labels() takes a lock and builds a key on every call; the label
+        # sets here are few and fixed, so their children are kept.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -155,7 +181,7 @@ class RequestContext:
             return
         started = time.perf_counter()
         # Always our own id: a client-chosen one could carry anything into every log line.
-        request_id = uuid.uuid4().hex
+        request_id = f"{self._id_prefix}{next(self._ids):016x}"
         line: dict[str, Any] = {}
         scope[LOG_STATE] = line
         scope["ingest.request_id"] = request_id
@@ -178,9 +204,18 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             elapsed = time.perf_counter() - started
-            method = scope["method"]
-            self.metrics.requests.labels(route=template, method=method, status=str(status)).inc()
-            self.metrics.request_seconds.labels(route=template).observe(elapsed)
+            # The method is client-chosen (any token, digits and '+' included): a fixed set only.
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            children = self._children.get((template, method, status))
+            if children is None:
+                children = (
+                    self.metrics.requests.labels(route=template, method=method, status=str(status)),
+                    self.metrics.request_seconds.labels(route=template),
+                )
+                if template != "unmatched" or len(self._children) < 1000:
+                    self._children[(template, method, status)] = children
+            children[0].inc()
+            children[1].observe(elapsed)
             if template not in ("/metrics", "/healthz", "/readyz"):
                 log.info(
                     "request_finished",

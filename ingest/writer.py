@@ -73,8 +73,11 @@ class Writer:
         # After a connection failure, new requests get 503 at once for this long instead of
         # queueing behind a database that is away; then one batch probes it again.
         self._down_until = 0.0
+        self._event_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        # Kept: get_running_loop() costs a getpid() system call on every request.
+        self._event_loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"ingest-writer-{i}")
             for i in range(self._connections)
@@ -88,6 +91,9 @@ class Writer:
         # Anything left (the database was down while draining) gets its 503 now.
         while self._queue:
             self._fail(self._queue.popleft(), "shutting down")
+
+    def _loop_ref(self) -> asyncio.AbstractEventLoop:
+        return self._event_loop or asyncio.get_running_loop()
 
     @property
     def queued_events(self) -> int:
@@ -103,7 +109,7 @@ class Writer:
             raise self._unavailable("database_down", "the database is unreachable")
         if self._queued_events + len(rows) > self._max_queued:
             raise self._unavailable("queue_full", "the write queue is full")
-        future: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Outcome]] = self._loop_ref().create_future()
         self._queue.append(_Pending(rows, future))
         self._queued_events += len(rows)
         self._metrics.writer_queue_events.set(self._queued_events)
@@ -128,6 +134,13 @@ class Writer:
         return batch
 
     async def _run(self) -> None:
+        lease = _Lease(self._store.pool)
+        try:
+            await self._loop(lease)
+        finally:
+            await lease.drop()
+
+    async def _loop(self, lease: _Lease) -> None:
         while True:
             if not self._queue:
                 if self._closing:
@@ -137,17 +150,17 @@ class Writer:
                 continue
             batch = self._take()
             try:
-                await self._write(batch)
+                await self._write(batch, lease)
             except Exception:  # a bug here must not kill the writer and strand every request
                 log.exception("writer_failed")
                 for pending in batch:
                     self._fail(pending, "internal error")
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[_Pending], lease: _Lease) -> None:
         rows = [row for pending in batch for row in pending.rows]
         started = time.perf_counter()
         try:
-            stored = await self._insert(rows)
+            stored = await self._insert(rows, lease)
         except _TRANSIENT as exc:
             self._down_until = time.monotonic() + 0.5
             self._metrics.write_errors.labels(kind="transient").inc()
@@ -167,7 +180,7 @@ class Writer:
                 events=len(rows),
                 constraint=getattr(exc, "constraint_name", None),
             )
-            await self._isolate(batch)
+            await self._isolate(batch, lease)
             return
         elapsed = time.perf_counter() - started
         self._metrics.write_batch_events.observe(len(rows))
@@ -178,15 +191,21 @@ class Writer:
             self._resolve(pending, [_outcome(s) for s in stored[offset : offset + n]])
             offset += n
 
-    async def _insert(self, rows: Sequence[Row]) -> list[bool]:
-        async with asyncio.timeout(self._timeout), self._store.pool.acquire() as conn:
-            return await self._store.insert_events(conn, rows)
+    async def _insert(self, rows: Sequence[Row], lease: _Lease) -> list[bool]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                conn = await lease.get()
+                return await self._store.insert_events(conn, rows)
+        except _TRANSIENT:
+            # The connection's state is unknown (killed, timed out mid-COPY): never reuse it.
+            await lease.drop()
+            raise
 
-    async def _isolate(self, batch: list[_Pending]) -> None:
+    async def _isolate(self, batch: list[_Pending], lease: _Lease) -> None:
         """Retry each request alone, then each row of a failing request alone."""
         for pending in batch:
             try:
-                stored = await self._insert(pending.rows)
+                stored = await self._insert(pending.rows, lease)
             except _TRANSIENT:
                 self._fail(pending, "the database is unreachable")
                 continue
@@ -194,7 +213,7 @@ class Writer:
                 outcomes: list[Outcome] = []
                 for row in pending.rows:
                     try:
-                        one = await self._insert([row])
+                        one = await self._insert([row], lease)
                     except _TRANSIENT:
                         self._fail(pending, "the database is unreachable")
                         break
@@ -222,6 +241,31 @@ class Writer:
             # Mark the exception retrieved when nobody awaits it any more.
             if pending.future.done() and not pending.future.cancelled():
                 pending.future.exception()
+
+
+class _Lease:
+    """One writer task's own connection, held across batches: a pool release would run
+    asyncpg's reset query, one more round trip per commit."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.pool.PoolConnectionProxy | None = None
+
+    async def get(self) -> asyncpg.pool.PoolConnectionProxy:
+        if self._conn is not None and self._conn.is_closed():
+            await self.drop()
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
+
+    async def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)
 
 
 def _outcome(stored: bool) -> Outcome:

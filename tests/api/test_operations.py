@@ -112,3 +112,15 @@ class TestRequestLog:
         [line] = [x for x in _lines(log_stream) if x.get("event") == "request_finished"]
         assert line["status"] == 401
         assert "org_id" not in line
+
+
+async def test_client_chosen_methods_never_become_label_values_or_log_text(
+    client: httpx.AsyncClient, log_stream: io.BytesIO
+) -> None:
+    """An HTTP method is any token; '+14155550100' is one. It must not reach a label or a log."""
+    r = await client.request("+14155550100", "/v1/events")
+    assert r.status_code == 405
+    text = (await client.get("/metrics")).text
+    assert "14155550100" not in text
+    assert 'method="OTHER"' in text
+    assert "14155550100" not in log_stream.getvalue().decode()
