@@ -31,6 +31,7 @@ from ingest.logs import RequestContext, configure_logging
 from ingest.metrics import Metrics
 from ingest.origins import ANY_ORIGIN, CORS_SCOPE_KEY
 from ingest.problems import Problem, Unavailable
+from ingest.ratelimit import RateLimiter
 from ingest.routes import ROUTES, WRITE_PATHS, Services
 from ingest.store import Store
 from ingest.writer import Writer
@@ -237,6 +238,10 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             locate=locate,
             auth=Authenticator(store, settings.key_cache_ttl_s),
             metrics=metrics,
+            limiter=RateLimiter(
+                settings.rate_limit_per_key / settings.workers,
+                settings.rate_limit_burst / settings.workers,
+            ),
         )
         maintenance = asyncio.create_task(_maintain(svc), name="ingest-maintenance")
         # Everything allocated so far lives as long as the process: move it out of the

@@ -6,12 +6,13 @@ at most the limit in memory, never its inflated size: nobody gets more room by a
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Final
 
 from starlette.requests import Request
 
-from ingest.problems import InvalidBody, PayloadTooLarge, UnsupportedMediaType
+from ingest.problems import InvalidBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 JSON_TYPES: Final = frozenset({"application/json", "text/plain", ""})
 
@@ -25,7 +26,17 @@ def check_content_type(request: Request) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, deadline_s: float = 30.0) -> bytes:
+    """The decoded body, refused past ``limit`` bytes or ``deadline_s`` seconds (a slow client
+    holding a connection open byte by byte is a cheap attack on a server)."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {deadline_s:g} seconds") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if "," in encoding:
         raise UnsupportedMediaType("one content encoding at most (gzip); chains are refused")

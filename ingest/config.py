@@ -97,6 +97,13 @@ class Settings:
     commit_timeout_s: float = 5.0
     retry_after_s: int = 2
 
+    # Requests per second per key, for the whole server (each worker enforces its share);
+    # 0 turns the limit off. Well above what one app's SDKs send, well below an abuser's flood.
+    rate_limit_per_key: float = 5000.0
+    rate_limit_burst: float = 10000.0
+    # A request body that has not fully arrived after this long is refused (slow clients).
+    body_timeout_s: float = 30.0
+
     # Key lookups are cached this long: a revoked key is refused by every worker within it.
     key_cache_ttl_s: float = 1.0
 
@@ -140,6 +147,9 @@ class Settings:
         take("WRITER_QUEUE_EVENTS", "writer_queue_events", _positive_int)
         take("COMMIT_TIMEOUT_SECONDS", "commit_timeout_s", _positive_float)
         take("KEY_CACHE_TTL_SECONDS", "key_cache_ttl_s", _non_negative_float)
+        take("RATE_LIMIT_PER_KEY", "rate_limit_per_key", _non_negative_float)
+        take("RATE_LIMIT_BURST", "rate_limit_burst", _positive_float)
+        take("BODY_TIMEOUT_SECONDS", "body_timeout_s", _positive_float)
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**kwargs)  # type: ignore[arg-type]  # values were cast per field above

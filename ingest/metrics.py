@@ -94,6 +94,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.rate_limited = Counter(
+            "ingest_rate_limited", "Requests answered 429 (a key over its rate).", registry=r
+        )
         self.unavailable = Counter(
             "ingest_unavailable", "Requests answered 503, by reason.", ["reason"], registry=r
         )

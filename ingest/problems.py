@@ -104,3 +104,23 @@ class Unavailable(Problem):
 
     def __init__(self, detail: str | None = None, *, retry_after: int = 2) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after)
+
+
+class TooManyRequests(Problem):
+    """Too many requests for this key."""
+
+    status, slug = 429, "rate-limited"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, limit: float) -> None:
+        super().__init__(
+            detail,
+            headers={"Retry-After": str(retry_after), "X-RateLimit-Reset": str(retry_after)},
+            retry_after=retry_after,
+            limit=limit,
+        )
+
+
+class RequestTimeout(Problem):
+    """The request body did not arrive in time."""
+
+    status, slug = 408, "request-timeout"

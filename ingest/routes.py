@@ -33,9 +33,11 @@ from ingest.problems import (
     InvalidJSON,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     Unavailable,
     ValidationFailed,
 )
+from ingest.ratelimit import RateLimiter
 from ingest.store import KeyRecord, ProjectChanges, Store
 from ingest.writer import Outcome, Writer
 
@@ -56,6 +58,7 @@ class Services:
     locate: Callable[[IPAddress], GeoResult | None]
     auth: Authenticator
     metrics: Metrics
+    limiter: RateLimiter
 
 
 def services(request: Request) -> Services:
@@ -108,6 +111,12 @@ class Tally:
 async def event_target(request: Request, svc: Services, key: KeyRecord) -> Target:
     """A write key names its project; a secret key names one of its org's in a header."""
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    # Before the body is read: a key over its rate costs us nothing more.
+    try:
+        svc.limiter.check(key.key_id)
+    except TooManyRequests:
+        svc.metrics.rate_limited.inc()
+        raise
     if key.kind is KeyKind.WRITE:
         assert key.project_id is not None  # noqa: S101  # a CHECK constraint guarantees it
         check_origin(request, key.allowed_origins)
@@ -187,7 +196,9 @@ async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally
 
 async def read_json(request: Request, svc: Services) -> Any:
     bodies.check_content_type(request)
-    return _loads(await bodies.read_body(request, svc.settings.max_body_bytes))
+    return _loads(
+        await bodies.read_body(request, svc.settings.max_body_bytes, svc.settings.body_timeout_s)
+    )
 
 
 async def post_events(request: Request) -> Response:

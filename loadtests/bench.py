@@ -358,6 +358,9 @@ def service_env(dsn: str) -> dict[str, str]:
         INGEST_LOG_FORMAT="json",
         INGEST_HOST="127.0.0.1",
     )
+    # One key sends everything here, far past a real app's per-key rate: measure the write
+    # path, not the limiter (an INGEST_RATE_LIMIT_PER_KEY in the environment still wins).
+    env.setdefault("INGEST_RATE_LIMIT_PER_KEY", "0")
     return env
 
 
