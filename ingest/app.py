@@ -211,16 +211,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             retry_after_s=settings.retry_after_s,
         )
         await writer.start()
-        limits = Limits(
-            max_event_bytes=settings.max_event_bytes,
-            max_depth=settings.max_depth,
-            max_properties=settings.max_properties,
-            max_message_id_chars=settings.max_message_id_chars,
-            max_name_chars=settings.max_name_chars,
-            max_id_chars=settings.max_id_chars,
-            skew_threshold_s=settings.skew_threshold_s,
-            max_future_s=settings.max_future_s,
-        )
+        limits = Limits.from_settings(settings)
 
         def locate(ip: IPAddress) -> GeoResult | None:
             metrics.geoip_lookups.inc()

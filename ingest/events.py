@@ -6,6 +6,7 @@ per-event results; a raw email, phone, IP or device id never survives into eithe
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -18,6 +19,7 @@ from typing import Any, Final
 import orjson
 
 from ingest import pii
+from ingest.config import Settings
 from ingest.geo import GeoResult
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -97,14 +99,20 @@ _IPV6_CHARS: Final = re.compile(r"^[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]+)?$")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_event_bytes: int = 32 * 1024
-    max_depth: int = 32
-    max_properties: int = 1000
-    max_message_id_chars: int = 100
-    max_name_chars: int = 200
-    max_id_chars: int = 256
-    skew_threshold_s: float = 60.0
-    max_future_s: float = 3600.0
+    """The parser's share of the settings (their defaults and docs live in config.Settings)."""
+
+    max_event_bytes: int
+    max_depth: int
+    max_properties: int
+    max_message_id_chars: int
+    max_name_chars: int
+    max_id_chars: int
+    skew_threshold_s: float
+    max_future_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)

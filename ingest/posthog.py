@@ -25,16 +25,13 @@ from ingest.problems import (
     InvalidBody,
     PayloadTooLarge,
     UnsupportedMediaType,
-    ValidationFailed,
 )
 from ingest.routes import (
     check_batch_size,
     event_target,
-    parse_events,
+    ingest_items,
     parse_json,
-    refuse_single,
     services,
-    store_events,
 )
 
 # posthog-js posts to /e/ and /i/v0/e/, posthog-python to /batch/: with and without the slash.
@@ -231,15 +228,10 @@ async def capture(request: Request) -> Response:
         # A secret key in a browser's body would be a leaked secret: refuse it outright.
         raise Forbidden("the PostHog routes take a project write key as api_key")
     target = await event_target(request, svc, key)
-    check_batch_size(svc, items)
+    check_batch_size(svc, items)  # before the mapping does any work
     native = [to_native(item) for item in items]
-    parsed = parse_events(request, svc, target, native, _sent_at(request, batch_sent_at))
-    if not is_batch and parsed.rejected:
-        refuse_single(request, svc, parsed.rejected[0])
-    tally = await store_events(request, svc, parsed)
-    if not is_batch and tally.rejected:  # refused by the database; already counted
-        issue = tally.rejected[0]
-        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    sent_at = _sent_at(request, batch_sent_at)
+    tally = await ingest_items(request, svc, target, native, sent_at, is_batch=is_batch)
     # PostHog answers {"status": 1}; the per-event results are ours, beside it.
     return JSONResponse({"status": 1, **tally.as_dict()})
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import bodies
+from ingest import bodies, openapi
 from ingest.auth import Authenticator, presented_key
 from ingest.clientip import IPAddress, client_ip
 from ingest.config import Settings
@@ -194,6 +194,31 @@ async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally
     return Tally(accepted, duplicates, rejected, parsed.warnings)
 
 
+async def ingest_items(
+    request: Request,
+    svc: Services,
+    target: Target,
+    items: list[Any],
+    batch_sent_at: Any = None,
+    *,
+    is_batch: bool,
+) -> Tally:
+    """The whole write path for native-shaped ``items``: limits, parsing, the group commit.
+
+    A batch answers per event; a request that held a single event that was refused raises
+    its 4xx instead.
+    """
+    check_batch_size(svc, items)
+    parsed = parse_events(request, svc, target, items, batch_sent_at)
+    if not is_batch and parsed.rejected:
+        refuse_single(request, svc, parsed.rejected[0])
+    tally = await store_events(request, svc, parsed)
+    if not is_batch and tally.rejected:  # refused by the database; already counted
+        issue = tally.rejected[0]
+        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    return tally
+
+
 async def read_json(request: Request, svc: Services) -> Any:
     bodies.check_content_type(request)
     return _loads(
@@ -206,14 +231,7 @@ async def post_events(request: Request) -> Response:
     key = await svc.auth.lookup(presented_key(request))
     target = await event_target(request, svc, key)
     items, batch_sent_at, is_batch = _items(await read_json(request, svc))
-    check_batch_size(svc, items)
-    parsed = parse_events(request, svc, target, items, batch_sent_at)
-    if not is_batch and parsed.rejected:
-        refuse_single(request, svc, parsed.rejected[0])
-    tally = await store_events(request, svc, parsed)
-    if not is_batch and tally.rejected:  # refused by the database; already counted
-        issue = tally.rejected[0]
-        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    tally = await ingest_items(request, svc, target, items, batch_sent_at, is_batch=is_batch)
     return JSONResponse(
         {
             "accepted": tally.accepted,
@@ -402,6 +420,11 @@ async def metrics(request: Request) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI 3.1 document of every route (ingest/openapi.py)."""
+    return Response(openapi.document_bytes(), media_type="application/json")
+
+
 ROUTES: Final = [
     Route("/v1/events", post_events, methods=["POST"]),
     Route("/v1/projects", post_projects, methods=["POST"]),
@@ -410,4 +433,5 @@ ROUTES: Final = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
 ]

@@ -18,16 +18,13 @@ from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
 from ingest.logs import LOG_STATE
 from ingest.origins import check_origin
-from ingest.problems import Forbidden, InvalidBody, ValidationFailed
+from ingest.problems import Forbidden, InvalidBody
 from ingest.routes import (
     Services,
-    check_batch_size,
     event_target,
-    parse_events,
+    ingest_items,
     read_json,
-    refuse_single,
     services,
-    store_events,
 )
 from ingest.store import KeyRecord
 
@@ -117,14 +114,7 @@ async def _track_api(request: Request, kind: str | None) -> Response:
         key = await _write_key(svc, doc.get("writeKey") if isinstance(doc, dict) else None)
     target = await event_target(request, svc, key)
     items, sent_at, is_batch = _items(doc, kind)
-    check_batch_size(svc, items)
-    parsed = parse_events(request, svc, target, items, sent_at)
-    if not is_batch and parsed.rejected:
-        refuse_single(request, svc, parsed.rejected[0])
-    tally = await store_events(request, svc, parsed)
-    if not is_batch and tally.rejected:  # refused by the database; already counted
-        issue = tally.rejected[0]
-        raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
+    tally = await ingest_items(request, svc, target, items, sent_at, is_batch=is_batch)
     # Segment answers {"success": true}; the per-event results are ours, beside it.
     return JSONResponse({"success": True, **tally.as_dict()})
 

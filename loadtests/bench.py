@@ -52,6 +52,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ingest.config import Settings
 from ingest.events import COLUMNS, EventParser, Limits, Row, Source
 from ingest.store import Store, init_connection
 
@@ -768,7 +769,7 @@ def sdk_event(thread_no: int, n: int, timestamp: str, sent_at: bool) -> dict[str
 
 def template_rows(project_id: uuid.UUID, count: int = 2000) -> list[Row]:
     """Rows exactly as the service builds them from the events the Lua script sends."""
-    parser = EventParser(Limits(), lambda ip: None)
+    parser = EventParser(Limits.from_settings(Settings()), lambda ip: None)
     timestamp = datetime.now(UTC).strftime(TIMESTAMP_FORMAT)
     events = [sdk_event(0, n, timestamp, sent_at=True) for n in range(1, count + 1)]
     source = Source(

@@ -32,7 +32,7 @@ PROJECT = uuid.uuid4()
 
 
 def rows(n: int, *, received_at: datetime | None = None, prefix: str = "m") -> list[Row]:
-    parser = EventParser(Limits(), lambda ip: None)
+    parser = EventParser(Limits.from_settings(Settings()), lambda ip: None)
     source = Source(
         project_id=PROJECT,
         default_country=None,
