@@ -259,6 +259,11 @@ class EventParser:
         found = _Found()
         scrub = _Scrubber(source.default_country, lim.max_depth, index, warnings, found)
         scrub.walk_object(traits, "traits", rank=0)
+        device = context.get("device")
+        if isinstance(device, dict):
+            # Segment's context.device.id is the IDFV or Android ID: a device id like the ad ids,
+            # though its key is too generic to drop everywhere.
+            device.pop("id", None)
         ctx_traits = context.pop("traits", None)
         if isinstance(ctx_traits, dict):
             scrub.walk_object(ctx_traits, "context.traits", rank=1)

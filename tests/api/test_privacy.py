@@ -835,3 +835,30 @@ async def test_log_redaction_masks_pii_in_foreign_stdlib_records(
     written = log_stream.getvalue().decode()
     assert written, "the stdlib record was not written at all"
     assert leaks(written, {"email": email, "ip": ip}) == []
+
+
+async def test_segment_device_ids_are_not_stored(
+    client: Any, write_key: str, conn: asyncpg.Connection
+) -> None:
+    """context.device.id (IDFV / Android ID) and the ad ids go; other device fields stay."""
+    r = await client.post(
+        "/v1/events",
+        json={
+            "event": "Opened",
+            "user_id": "u",
+            "context": {
+                "device": {
+                    "id": "B5372DB0-C21E-11E4-8DFC-AA07A5B093DB",
+                    "advertisingId": "7A3CBEA0-BDF5-11E4-8DFC-AA07A5B093DB",
+                    "manufacturer": "Apple",
+                    "model": "iPhone7,2",
+                },
+                "order": {"id": "kept-1"},
+            },
+        },
+        headers={"Authorization": f"Bearer {write_key}"},
+    )
+    assert r.status_code == 200
+    context = await conn.fetchval("SELECT context FROM events")
+    assert context["device"] == {"manufacturer": "Apple", "model": "iPhone7,2"}
+    assert context["order"] == {"id": "kept-1"}
