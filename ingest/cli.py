@@ -13,9 +13,9 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, TextIO
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -122,34 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-class _NamedPrintLogger(structlog.PrintLogger):
-    """A PrintLogger with the ``name`` that structlog.stdlib.add_logger_name reads."""
-
-    def __init__(self, file: TextIO, name: str) -> None:
-        super().__init__(file)
-        self.name = name
-
-
-def _console_loggers(file: TextIO) -> Callable[..., _NamedPrintLogger]:
-    def factory(*args: Any) -> _NamedPrintLogger:
-        return _NamedPrintLogger(file, str(args[0]) if args else "")
-
-    return factory
-
-
 def _configure_logging(settings: Settings, command: str) -> None:
     # Commands that print a result keep stdout for it; their log (progress included) goes to
     # stderr, readable when a person watches it and JSON when a program collects it.
-    out = sys.stdout if command == "serve" else sys.stderr
-    fmt = settings.log_format
-    if fmt == "auto":
-        fmt = "console" if out.isatty() else "json"
-    configure_logging(settings.log_level, fmt, None if command == "serve" else sys.stderr.buffer)
-    if fmt == "console":
-        # Two gaps in configure_logging's console mode, filled here until logs.py closes them:
-        # its PrintLogger has no name, so add_logger_name raises on the first line; and it
-        # prints to stdout whatever stream it is given, where stdout is a command's result.
-        structlog.configure(logger_factory=_console_loggers(out))
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        None if command == "serve" else sys.stderr.buffer,
+    )
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

@@ -95,9 +95,13 @@ def redact_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[st
 def configure_logging(
     level: str = "info", fmt: str = "auto", stream: BinaryIO | None = None
 ) -> None:
-    """Called once by the CLI (and by tests that read the log), never at import."""
+    """Called once by the CLI (and by tests that read the log), never at import.
+
+    Lines go to ``stream`` (stdout by default): JSON, or a readable console format when
+    ``fmt`` is "console", or "auto" and the stream is a terminal.
+    """
     out = stream if stream is not None else sys.stdout.buffer
-    console = fmt == "console" or (fmt == "auto" and stream is None and sys.stdout.isatty())
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -115,7 +119,7 @@ def configure_logging(
         structlog.configure(
             processors=[*shared, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(level_no),
-            logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+            logger_factory=_NamedPrintLoggerFactory(_TextStream(out)),
             cache_logger_on_first_use=stream is None,
         )
     else:
@@ -136,13 +140,29 @@ def configure_logging(
             structlog.processors.JSONRenderer() if not console else structlog.dev.ConsoleRenderer(),
         ],
     )
-    handler = logging.StreamHandler(_TextStream(out) if stream is not None else sys.stdout)
+    handler = logging.StreamHandler(_TextStream(out))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level_no)
     # uvicorn's access log prints client IPs; our request line replaces it.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that knows its name, as BytesLogger does (add_logger_name reads it)."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedPrintLoggerFactory:
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args else "")
 
 
 class _TextStream:
@@ -156,6 +176,9 @@ class _TextStream:
 
     def flush(self) -> None:
         self._raw.flush()
+
+    def isatty(self) -> bool:
+        return self._raw.isatty()
 
 
 class RequestContext:

@@ -751,9 +751,12 @@ async def test_control_every_search_finds_a_planted_canary(
     clean search elsewhere in this module is evidence, not an accident of the search."""
     forbidden = canaries.forbidden()
     planted = " | ".join(form.upper() for form in forbidden.values())  # case must not matter
-    await conn.execute(
-        "INSERT INTO organizations (id, name) VALUES ($1, $2)", uuid.uuid4(), planted
-    )
+    # Three copies: a WAL record that crosses an 8 kB WAL page has a page header spliced into
+    # it, so one copy of a form can straddle that seam and hide from a byte search.
+    for _ in range(3):
+        await conn.execute(
+            "INSERT INTO organizations (id, name) VALUES ($1, $2)", uuid.uuid4(), planted
+        )
     sinks.watch(client)
     answer = await client.get("/healthz")
     assert answer.status_code == 200
