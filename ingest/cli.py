@@ -397,6 +397,9 @@ def _serve(settings: Settings) -> int:
         "proxy_headers": False,  # X-Forwarded-For is read only from INGEST_TRUSTED_PROXIES
         "server_header": False,
         "timeout_graceful_shutdown": 10,
+        # Past this many open connections and tasks per worker uvicorn answers 503 itself,
+        # before any of our work: memory stays bounded under a connection flood.
+        "limit_concurrency": settings.max_connections,
     }
     log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the

@@ -101,6 +101,8 @@ class Settings:
     # 0 turns the limit off. Well above what one app's SDKs send, well below an abuser's flood.
     rate_limit_per_key: float = 5000.0
     rate_limit_burst: float = 10000.0
+    # Open connections per worker before uvicorn answers 503 (its --limit-concurrency).
+    max_connections: int = 2048
     # A request body that has not fully arrived after this long is refused (slow clients).
     body_timeout_s: float = 30.0
 
@@ -150,6 +152,7 @@ class Settings:
         take("RATE_LIMIT_PER_KEY", "rate_limit_per_key", _non_negative_float)
         take("RATE_LIMIT_BURST", "rate_limit_burst", _positive_float)
         take("BODY_TIMEOUT_SECONDS", "body_timeout_s", _positive_float)
+        take("MAX_CONNECTIONS", "max_connections", _positive_int)
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**kwargs)  # type: ignore[arg-type]  # values were cast per field above

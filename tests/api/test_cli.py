@@ -208,3 +208,27 @@ def test_workers_share_the_load_and_metrics_add_up(serve: Any, db_dsn: str, geoi
             ]
             assert accepted == ["ingest_events_accepted_total 40.0"]
     _stop(proc)
+
+
+def test_connections_past_the_limit_get_503(serve: Any, db_dsn: str, geoip_db: Path) -> None:
+    """INGEST_MAX_CONNECTIONS bounds open connections per worker; the excess gets 503 at once."""
+    env = _env(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MAX_CONNECTIONS="2",
+        INGEST_WORKERS="1",
+    )
+    proc, base = serve(env)
+    port = int(base.rsplit(":", 1)[1])
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        # Each held connection has an open request whose body never finishes.
+        for s in held:
+            s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.5)
+        r = httpx.get(base + "/healthz", timeout=5)
+        assert r.status_code == 503
+    finally:
+        for s in held:
+            s.close()
+    _stop(proc)
