@@ -90,7 +90,9 @@ async def _payload(request: Request, limit: int) -> Any:
     raw = await bodies.read_body(request, limit)  # Content-Encoding: gzip is undone here
     compression = request.query_params.get("compression", "").lower()
     if media == _FORM or raw.startswith(b"data="):
-        form = parse_qs(raw.decode("latin-1"), max_num_fields=20)
+        # latin-1 both ways: percent-escapes decode to bytes 0-255, so .encode() below cannot
+        # fail on %C4%80 (which UTF-8 would turn into U+0100); base64 then judges the bytes.
+        form = parse_qs(raw.decode("latin-1"), max_num_fields=20, encoding="latin-1")
         data = form.get("data", [""])[0].encode("latin-1")
         compression = form.get("compression", [compression])[0].lower()
         if not data:
