@@ -53,6 +53,9 @@ _SAFE_KEYS: Final = frozenset(
         "duration_ms",
         "events_accepted",
         "events_rejected",
+        # The address this server listens on: configuration, not a client's address.
+        "host",
+        "port",
     }
 )
 
