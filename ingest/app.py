@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import posthog, segment, store as store_mod
+from ingest import openapi, posthog, segment, store as store_mod
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
@@ -251,7 +251,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
     return Starlette(
         # The Segment and PostHog routes live in their own modules, which build on the steps in
         # routes.py: listing them here, not there, keeps the import graph acyclic.
-        routes=[*ROUTES, *segment.ROUTES, *posthog.ROUTES],
+        routes=[*ROUTES, *segment.ROUTES, *posthog.ROUTES, *openapi.ROUTES],
         middleware=[
             Middleware(RequestContext, metrics=metrics),
             Middleware(

@@ -10,8 +10,11 @@ import functools
 from typing import Any, Final
 
 import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from ingest import __version__
+from ingest import __version__, posthog, segment
 from ingest.problems import PROBLEM_BASE
 
 JSON: Final = "application/json"
@@ -27,23 +30,10 @@ ANY_KEY: Final = [*WRITE_KEY, *SECRET_KEY]
 SEGMENT_KEY: Final = [*WRITE_KEY, {}]
 NO_KEY: Final[Security] = []
 
-# Segment's single-call routes: path name -> event type (ingest/segment.py SINGLE_ROUTES).
-SEGMENT_SINGLE: Final = {
-    "track": "track",
-    "identify": "identify",
-    "page": "page",
-    "screen": "screen",
-    "group": "group",
-    "alias": "alias",
-    "t": "track",
-    "i": "identify",
-    "p": "page",
-    "s": "screen",
-    "g": "group",
-    "a": "alias",
-}
-SEGMENT_BATCH: Final = ("/v1/batch", "/v1/b")
-POSTHOG_PATHS: Final = ("/capture", "/batch", "/e", "/i/v0/e")
+# The routes are read from their own modules, so the document cannot disagree with them.
+SEGMENT_SINGLE: Final = segment.SINGLE_ROUTES
+SEGMENT_BATCH: Final = segment.BATCH_PATHS
+POSTHOG_PATHS: Final = posthog.PATHS
 
 # Problem slug, status and when it happens: the error table of the README.
 PROBLEMS: Final = {
@@ -784,3 +774,11 @@ def document() -> dict[str, Any]:
 @functools.cache
 def document_bytes() -> bytes:
     return orjson.dumps(document())
+
+
+async def openapi_json(request: Request) -> Response:
+    """``GET /openapi.json``: the document of every route."""
+    return Response(document_bytes(), media_type="application/json")
+
+
+ROUTES: Final = [Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import bodies, openapi
+from ingest import bodies
 from ingest.auth import Authenticator, presented_key
 from ingest.clientip import IPAddress, client_ip
 from ingest.config import Settings
@@ -420,11 +420,6 @@ async def metrics(request: Request) -> Response:
     return Response(svc.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def openapi_json(request: Request) -> Response:
-    """The OpenAPI 3.1 document of every route (ingest/openapi.py)."""
-    return Response(openapi.document_bytes(), media_type="application/json")
-
-
 ROUTES: Final = [
     Route("/v1/events", post_events, methods=["POST"]),
     Route("/v1/projects", post_projects, methods=["POST"]),
@@ -433,5 +428,4 @@ ROUTES: Final = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi_json, methods=["GET"]),
 ]
