@@ -28,6 +28,12 @@ def _trusted(ip: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(ip.version == net.version and ip in net for net in proxies)
 
 
+def is_trusted_proxy(peer: str | None, proxies: Sequence[IPNetwork]) -> bool:
+    """Whether the socket peer is one of the configured proxies (whose headers we believe)."""
+    ip = _parse(peer) if peer else None
+    return ip is not None and _trusted(ip, proxies)
+
+
 def client_ip(
     peer: str | None, forwarded_for: str | None, proxies: Sequence[IPNetwork]
 ) -> IPAddress | None:

@@ -5,7 +5,6 @@ Each route maps Segment's fields onto the native event and runs the same steps a
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any, Final
 
@@ -14,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import presented_key
+from ingest.clientip import is_trusted_proxy
 from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
 from ingest.logs import LOG_STATE
@@ -106,13 +106,14 @@ async def _track_api(request: Request, kind: str | None) -> Response:
     svc = services(request)
     header_key = presented_key(request)
     if header_key is not None:
-        # The Basic user first: an unknown key is refused before the body is read.
-        key = await _write_key(svc, header_key)
+        # The Basic user first: an unknown key, or one over its rate, is refused before the
+        # body is read.
+        target = await event_target(request, svc, await _write_key(svc, header_key))
         doc = await read_json(request, svc)
     else:
         doc = await read_json(request, svc)
         key = await _write_key(svc, doc.get("writeKey") if isinstance(doc, dict) else None)
-    target = await event_target(request, svc, key)
+        target = await event_target(request, svc, key)
     items, sent_at, is_batch = _items(doc, kind)
     tally = await ingest_items(request, svc, target, items, sent_at, is_batch=is_batch)
     # Segment answers {"success": true}; the per-event results are ours, beside it.
@@ -142,19 +143,10 @@ def public_base(request: Request, svc: Services) -> tuple[str, str]:
         raise InvalidBody("the Host header is not a host name; set INGEST_PUBLIC_URL")
     scheme = request.url.scheme
     forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
-    if forwarded in ("http", "https") and _from_trusted_proxy(request, svc):
+    peer = request.client.host if request.client else None
+    if forwarded in ("http", "https") and is_trusted_proxy(peer, svc.settings.trusted_proxies):
         scheme = forwarded
     return scheme, host
-
-
-def _from_trusted_proxy(request: Request, svc: Services) -> bool:
-    if request.client is None:
-        return False
-    try:
-        peer = ipaddress.ip_address(request.client.host)
-    except ValueError:
-        return False
-    return any(peer.version == net.version and peer in net for net in svc.settings.trusted_proxies)
 
 
 async def get_settings(request: Request) -> Response:
