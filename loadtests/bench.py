@@ -388,8 +388,10 @@ def create_org(dsn: str) -> str:
 class Server:
     """``ingest serve`` in its own process group, on 127.0.0.1."""
 
-    def __init__(self, dsn: str, workers: int | None, log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(
+        self, dsn: str, workers: int | None, log_path: Path, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()  # a restart (loadtests.faults) reuses its port
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         args = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
