@@ -507,9 +507,10 @@ async def run_fault(
         r.problems.append(f"no 200 within {FIRST_200_LIMIT_S:g} s after the heal")
     if fault.key == "c" and window.outage is not None:
         start, end = window.outage
-        during = [a for a in ledger.answers if start <= a.done <= end]
+        # Sent after Postgres was gone, answered before it was back: a 200 would be a lie.
+        during = [a for a in ledger.answers if a.sent >= start and a.done <= end]
         if any(a.label == "200" for a in during):
-            r.problems.append("a 200 while Postgres was down")
+            r.problems.append("a 200 to a request sent and answered while Postgres was down")
     if fault.key == "e" and window.outage is not None:
         start, end = window.outage
         answered = [a for a in ledger.answers if start <= a.done <= end and a.label.isdigit()]
@@ -538,7 +539,10 @@ def report(r: Result) -> None:
     )
     if w.outage is not None:
         start, end = w.outage
-        inside = [a for a in led.answers if start <= a.done <= end]
+        if r.fault.key == "c":  # requests that found Postgres gone from start to end
+            inside = [a for a in led.answers if a.sent >= start and a.done <= end]
+        else:
+            inside = [a for a in led.answers if start <= a.done <= end]
         what = "Postgres was down" if r.fault.key == "c" else "the server drained"
         say(f"  answers while {what} ({end - start:.1f} s): {_counts(inside)}")
         cut = [a for a in inside if a.label in ("closed", "reset")]
