@@ -7,7 +7,7 @@ import contextlib
 import gc
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypedDict
 
@@ -33,7 +33,7 @@ from ingest.origins import ANY_ORIGIN, CORS_SCOPE_KEY
 from ingest.problems import Problem, Unavailable
 from ingest.ratelimit import RateLimiter
 from ingest.routes import ROUTES, WRITE_PATHS, Services
-from ingest.store import Store
+from ingest.store import PurgeResult, Store
 from ingest.writer import Writer
 
 log = structlog.get_logger("ingest.app")
@@ -159,15 +159,30 @@ async def check_durability(store: Store, metrics: Metrics) -> None:
         )
 
 
+def report_purge(result: PurgeResult, metrics: Metrics | None = None) -> None:
+    """The ``purge_done`` log line, and the purge counters when there are metrics to count in."""
+    log.info("purge_done", **result.as_dict())
+    if metrics is not None:
+        metrics.purged_partitions.inc(result.partitions_dropped)
+        metrics.purged_rows.labels(data="events").inc(result.events_deleted)
+        metrics.purged_rows.labels(data="dedup").inc(result.dedup_deleted)
+
+
+async def maintain_once(svc: Services) -> PurgeResult:
+    """Create the coming days' partitions, then purge what is past each project's retention."""
+    await svc.store.ensure_partitions()
+    result = await svc.store.purge()
+    report_purge(result, svc.metrics)
+    return result
+
+
 async def _maintain(svc: Services) -> None:
-    """Keep tomorrow's partitions ready and forget message ids past the dedup window."""
     while True:
         await asyncio.sleep(3600)
         try:
-            await svc.store.ensure_partitions()
-            window = timedelta(days=svc.settings.dedup_window_days)
-            await svc.store.purge_dedup(datetime.now(UTC) - window)
+            await maintain_once(svc)
         except Exception as exc:  # retried in an hour; the default partition covers the gap
+            svc.metrics.purge_failures.inc()
             log.warning("maintenance_failed", error=type(exc).__name__)
 
 

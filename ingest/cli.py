@@ -14,7 +14,6 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -91,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     command(
         sub,
         "purge",
-        "delete expired data (message ids past the dedup window)",
-        _DATABASE_ENV + "\n  INGEST_DEDUP_WINDOW_DAYS  how long message ids are kept (7)",
+        "delete expired data: events and message ids past each project's retention",
+        _DATABASE_ENV + "\n\nRetention is set per project (events_retention_days, "
+        "dedup_window_days):\nsee the README's Retention section.",
     )
     return parser
 
@@ -353,15 +353,16 @@ async def _create_org(settings: Settings, name: str) -> dict[str, Any]:
     return {"org_id": str(org_id), "name": name, "secret_key": key.as_dict()}
 
 
-async def _purge(settings: Settings) -> dict[str, int]:
+async def _purge(settings: Settings) -> dict[str, int | bool]:
+    from ingest.app import report_purge
+
     pool = await _pool(settings)
     try:
-        cutoff = datetime.now(UTC) - timedelta(days=settings.dedup_window_days)
-        purged = await Store(pool).purge_dedup(cutoff)
+        result = await Store(pool).purge()
     finally:
         await pool.close()
-    log.info("purge_done", message_ids_deleted=purged, older_than_days=settings.dedup_window_days)
-    return {"dedup_purged": purged}
+    report_purge(result)
+    return result.as_dict()
 
 
 def _announce_geoip(settings: Settings) -> None:

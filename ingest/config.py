@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -85,8 +85,6 @@ class Settings:
     skew_threshold_s: float = 60.0
     # A timestamp further in the future than this (after correction) is clamped to received_at.
     max_future_s: float = 3600.0
-    # Retries with the same message_id within this window are stored once (RudderStack: 7 days).
-    dedup_window_days: int = 7
 
     # Group-commit writer (see writer.py).
     pool_min_size: int = 2
@@ -142,7 +140,6 @@ class Settings:
         take("MAX_PROPERTIES", "max_properties", _positive_int)
         take("SKEW_THRESHOLD_SECONDS", "skew_threshold_s", _non_negative_float)
         take("MAX_FUTURE_SECONDS", "max_future_s", _non_negative_float)
-        take("DEDUP_WINDOW_DAYS", "dedup_window_days", _positive_int)
         take("POOL_MAX_SIZE", "pool_max_size", _positive_int)
         take("WRITER_CONNECTIONS", "writer_connections", _positive_int)
         take("WRITER_MAX_BATCH_EVENTS", "writer_max_batch_events", _positive_int)
@@ -153,9 +150,20 @@ class Settings:
         take("RATE_LIMIT_BURST", "rate_limit_burst", _positive_float)
         take("BODY_TIMEOUT_SECONDS", "body_timeout_s", _positive_float)
         take("MAX_CONNECTIONS", "max_connections", _positive_int)
+        for name, moved_to in _MOVED.items():
+            if env.get(f"INGEST_{name}"):
+                errors.append(f"INGEST_{name}: {moved_to}")
         if errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
         return cls(**kwargs)  # type: ignore[arg-type]  # values were cast per field above
+
+
+# Variables that no longer configure the service, and where their setting lives now: refused,
+# because ignoring one would silently change what a deployment keeps.
+_MOVED: Final = {
+    "DEDUP_WINDOW_DAYS": "the dedup window is set per project now: "
+    "PATCH /v1/projects/{id} with dedup_window_days",
+}
 
 
 def _positive_int(raw: str) -> int:

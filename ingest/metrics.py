@@ -114,6 +114,23 @@ class Metrics:
             registry=r,
         )
 
+        self.purged_partitions = Counter(
+            "ingest_purged_partitions",
+            "Daily event partitions dropped by the retention purge.",
+            registry=r,
+        )
+        self.purged_rows = Counter(
+            "ingest_purged_rows",
+            "Rows deleted by the retention purge, by data class (events, dedup).",
+            ["data"],
+            registry=r,
+        )
+        self.purge_failures = Counter(
+            "ingest_purge_failures",
+            "Maintenance runs (partitions, purge) that failed; retried an hour later.",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text a scrape gets: this process's metrics, or every worker's when several run."""
         directory = os.environ.get(MULTIPROC_ENV)

@@ -211,6 +211,8 @@ def _schemas() -> dict[str, Any]:
         "name": {"type": "string"},
         "default_country": nullable_string,
         "allowed_origins": {"type": ["array", "null"], "items": {"type": "string"}},
+        "events_retention_days": {"type": "integer"},
+        "dedup_window_days": {"type": "integer"},
         "created_at": {"type": "string", "format": "date-time"},
     }
     project_fields = {
@@ -225,6 +227,21 @@ def _schemas() -> dict[str, Any]:
             "maxItems": 100,
             "items": {"type": "string", "examples": ["https://shop.example.com"]},
             "description": "Origins whose pages may use the write keys; null accepts any.",
+        },
+        "events_retention_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3650,
+            "default": 395,
+            "description": "Days its events are kept, counted in whole UTC days (default 13 "
+            "months); the purge deletes older ones within the hour.",
+        },
+        "dedup_window_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3650,
+            "default": 7,
+            "description": "Days a message_id is remembered: a retry within it is stored once.",
         },
     }
     segment_props = {
@@ -368,7 +385,7 @@ def _schemas() -> dict[str, Any]:
         },
         "ProjectPatch": {
             "type": "object",
-            "description": "Absent fields are unchanged; null clears.",
+            "description": "Absent fields are unchanged; null clears (not a retention).",
             "properties": project_fields,
             "additionalProperties": True,
         },
@@ -663,8 +680,9 @@ def _paths() -> dict[str, Any]:
     paths["/v1/projects/{project_id}"] = {
         "patch": _operation(
             "Change a project",
-            "Change its name, default country or origin allow-list; absent fields are "
-            "unchanged, null clears. Another organization's project answers 404.",
+            "Change its name, default country, origin allow-list or retention; absent fields "
+            "are unchanged, null clears (not the retention days, which cannot be null). Another "
+            "organization's project answers 404.",
             "Projects",
             SECRET_KEY,
             _responses(200, _ref("Project"), "The project.", PARTNER_PROJECT_ERRORS),

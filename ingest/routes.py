@@ -38,7 +38,13 @@ from ingest.problems import (
     ValidationFailed,
 )
 from ingest.ratelimit import RateLimiter
-from ingest.store import KeyRecord, ProjectChanges, Store
+from ingest.store import (
+    DEFAULT_DEDUP_WINDOW_DAYS,
+    DEFAULT_EVENTS_RETENTION_DAYS,
+    KeyRecord,
+    ProjectChanges,
+    Store,
+)
 from ingest.writer import Outcome, Writer
 
 # Routes that browsers' SDKs post to with a write key: CORS applies to exactly these.
@@ -291,6 +297,11 @@ def _items(doc: Any) -> tuple[list[Any], Any, bool]:
     return [doc], None, False
 
 
+# A project's retention settings (sql/0003_project_retention.sql), in days; ten years at most.
+RETENTION_FIELDS: Final = ("events_retention_days", "dedup_window_days")
+MAX_DAYS: Final = 3650
+
+
 def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
     """The project fields of a POST (``name`` required) or a PATCH (each optional)."""
     errors: list[dict[str, str]] = []
@@ -312,6 +323,17 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
         origins = parse_allowed_origins(doc.get("allowed_origins"))
     except OriginsInvalid as exc:
         errors.append({"field": "allowed_origins", "reason": str(exc)})
+    retention: dict[str, int | None] = {}
+    for field in RETENTION_FIELDS:
+        value = doc.get(field)
+        # Absent keeps the current value (on create: the default); null is refused, since a
+        # retention cannot be cleared. bool is an int to Python, not to a partner.
+        if field not in doc:
+            retention[field] = None
+        elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DAYS:
+            retention[field] = value
+        else:
+            errors.append({"field": field, "reason": f"a whole number of days, 1 to {MAX_DAYS}"})
     if errors:
         raise ValidationFailed("the project is invalid", errors=errors)
     return ProjectChanges(
@@ -321,6 +343,8 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
         default_country=country.upper() if isinstance(country, str) else None,
         set_allowed_origins="allowed_origins" in doc,
         allowed_origins=origins,
+        events_retention_days=retention["events_retention_days"],
+        dedup_window_days=retention["dedup_window_days"],
     )
 
 
@@ -339,14 +363,20 @@ async def post_projects(request: Request) -> Response:
     fields = _project_fields(await _project_doc(request), partial=False)
     assert fields.name is not None  # noqa: S101  # required by _project_fields
     project, write_key = await svc.store.create_project(
-        key.org_id, fields.name, fields.default_country, fields.allowed_origins
+        key.org_id,
+        fields.name,
+        fields.default_country,
+        fields.allowed_origins,
+        events_retention_days=fields.events_retention_days or DEFAULT_EVENTS_RETENTION_DAYS,
+        dedup_window_days=fields.dedup_window_days or DEFAULT_DEDUP_WINDOW_DAYS,
     )
     _log(request, project_id=str(project.project_id))
     return JSONResponse({**project.as_dict(), "write_key": write_key.as_dict()}, status_code=201)
 
 
 async def patch_project(request: Request) -> Response:
-    """Change a project's name, default country or origin allow-list; absent fields stay."""
+    """Change a project's name, default country, origin allow-list or retention; absent
+    fields stay."""
     svc = services(request)
     key = await svc.auth.secret_key(request)
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))

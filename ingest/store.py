@@ -6,6 +6,7 @@ Methods return dataclasses or scalars, never asyncpg records. Errors that carry 
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,33 @@ async def create_pool(
     return pool
 
 
+# The column defaults of sql/0003_project_retention.sql: 13 months of events, 7 days of dedup.
+DEFAULT_EVENTS_RETENTION_DAYS: Final = 395
+DEFAULT_DEDUP_WINDOW_DAYS: Final = 7
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PurgeResult:
+    """What one purge deleted. ``partitions_deferred`` were busy (a lock wait past
+    PURGE_LOCK_TIMEOUT) and are retried by the next run; ``is_skipped`` means another process
+    was purging, so this one did nothing."""
+
+    partitions_dropped: int = 0
+    partitions_deferred: int = 0
+    events_deleted: int = 0
+    dedup_deleted: int = 0
+    is_skipped: bool = False
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return {
+            "partitions_dropped": self.partitions_dropped,
+            "partitions_deferred": self.partitions_deferred,
+            "events_deleted": self.events_deleted,
+            "dedup_deleted": self.dedup_deleted,
+            "skipped": self.is_skipped,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     key_id: uuid.UUID
@@ -121,6 +149,8 @@ class Project:
     default_country: str | None
     created_at: datetime
     allowed_origins: tuple[str, ...] | None = None
+    events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS
+    dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +160,8 @@ class Project:
             "allowed_origins": (
                 list(self.allowed_origins) if self.allowed_origins is not None else None
             ),
+            "events_retention_days": self.events_retention_days,
+            "dedup_window_days": self.dedup_window_days,
             "created_at": self.created_at.isoformat(),
         }
 
@@ -146,8 +178,11 @@ _INSERT_KEY: Final = """
 """
 
 _INSERT_PROJECT: Final = """
-    INSERT INTO projects (id, org_id, name, default_country, allowed_origins)
-    VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO projects (
+        id, org_id, name, default_country, allowed_origins, events_retention_days,
+        dedup_window_days
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
     RETURNING created_at
 """
 
@@ -161,21 +196,27 @@ _FIND_KEY: Final = """
 """
 
 _GET_PROJECT: Final = """
-    SELECT id, org_id, name, default_country, created_at, allowed_origins
+    SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
+           dedup_window_days
     FROM projects
     WHERE id = $1
       AND org_id = $2
 """
 
 # Each field is replaced only when its flag is set, so a PATCH can set a column to NULL.
+# A NULL retention leaves the column as it is (the columns are NOT NULL, so NULL never means
+# "clear" for them).
 _UPDATE_PROJECT: Final = """
     UPDATE projects
     SET name = CASE WHEN $3::boolean THEN $4::text ELSE name END,
         default_country = CASE WHEN $5::boolean THEN $6::text ELSE default_country END,
-        allowed_origins = CASE WHEN $7::boolean THEN $8::text[] ELSE allowed_origins END
+        allowed_origins = CASE WHEN $7::boolean THEN $8::text[] ELSE allowed_origins END,
+        events_retention_days = coalesce($9::integer, events_retention_days),
+        dedup_window_days = coalesce($10::integer, dedup_window_days)
     WHERE id = $1
       AND org_id = $2
-    RETURNING id, org_id, name, default_country, created_at, allowed_origins
+    RETURNING id, org_id, name, default_country, created_at, allowed_origins,
+              events_retention_days, dedup_window_days
 """
 
 _INSERT_DEDUP: Final = """
@@ -185,6 +226,80 @@ _INSERT_DEDUP: Final = """
     ON CONFLICT DO NOTHING
     RETURNING project_id, message_id
 """
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+# Rows per DELETE: each statement is a short transaction that never holds many row locks.
+PURGE_BATCH_ROWS: Final = 5000
+# One purge at a time: every worker's hourly task and `ingest purge` take this lock first.
+PURGE_LOCK: Final = 7230003
+_TRY_PURGE_LOCK: Final = f"SELECT pg_try_advisory_lock({PURGE_LOCK})"
+_RELEASE_PURGE_LOCK: Final = f"SELECT pg_advisory_unlock({PURGE_LOCK})"
+# How long a partition DROP may wait for its lock on events while writers queue behind it.
+_SET_PURGE_LOCK_TIMEOUT: Final = "SET LOCAL lock_timeout = '2s'"
+_PARTITION_NAME: Final = re.compile(r"events_p(\d{8})")
+
+_PROJECT_RETENTIONS: Final = """
+    SELECT id, events_retention_days, dedup_window_days
+    FROM projects
+    ORDER BY id
+"""
+
+_EVENT_PARTITIONS: Final = """
+    SELECT c.relname
+    FROM pg_inherits AS i
+    JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'events'::regclass
+    ORDER BY c.relname
+"""
+
+# One project at a time, so that on a distributed cluster each statement is routed to one
+# shard. ctid is unique only within one partition: a ctid shared by two partitions could only
+# pick another row that matches the outer WHERE too, that is one just as expired.
+_DELETE_EXPIRED_EVENTS: Final = """
+    DELETE FROM events
+    WHERE project_id = $1
+      AND received_at < $2
+      AND ctid = ANY(ARRAY(
+          SELECT ctid
+          FROM events
+          WHERE project_id = $1
+            AND received_at < $2
+          LIMIT $3
+      ))
+"""
+
+_DELETE_EXPIRED_DEDUP: Final = """
+    DELETE FROM event_dedup
+    WHERE project_id = $1
+      AND received_at < $2
+      AND message_id = ANY(ARRAY(
+          SELECT message_id
+          FROM event_dedup
+          WHERE project_id = $1
+            AND received_at < $2
+          LIMIT $3
+      ))
+"""
+
+
+def partition_name(day: date) -> str:
+    """The daily partition of ``events`` holding ``day`` (as ingest_ensure_event_partitions
+    names it)."""
+    return f"events_p{day:%Y%m%d}"
+
+
+def partition_day(name: str) -> date | None:
+    """The day of a daily partition's name; None for any other table (the default one)."""
+    match = _PARTITION_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=UTC).date()
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +312,9 @@ class ProjectChanges:
     default_country: str | None = None
     set_allowed_origins: bool = False
     allowed_origins: tuple[str, ...] | None = None
+    # None leaves the retention as it is (on create: the column default).
+    events_retention_days: int | None = None
+    dedup_window_days: int | None = None
 
 
 def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -211,6 +329,8 @@ def _project(row: asyncpg.Record) -> Project:
         row["default_country"],
         row["created_at"],
         _origins(row["allowed_origins"]),
+        row["events_retention_days"],
+        row["dedup_window_days"],
     )
 
 
@@ -241,12 +361,98 @@ class Store:
             )
         return created
 
-    async def purge_dedup(self, older_than: datetime) -> int:
+    # -- retention (ingest purge, and the service's hourly task) ---------------------------
+
+    async def purge(
+        self, now: datetime | None = None, *, batch_rows: int = PURGE_BATCH_ROWS
+    ) -> PurgeResult:
+        """Delete what is past each project's retention; see the README's Retention section.
+
+        1. Daily partitions of ``events`` whose whole day is past the longest events retention
+           of any project are dropped.
+        2. Per project, events past its own retention are deleted from what remains (days
+           kept for a longer-lived project, and the default partition), ``batch_rows`` a
+           statement.
+        3. Per project, message ids older than its dedup window are deleted, in batches too.
+
+        Events are kept by whole UTC days: those received on day D go once D is more than
+        ``events_retention_days`` days before today, so an expiry always falls on a partition
+        boundary and the longest-lived projects never need a row delete. Every statement is
+        short and commits on its own, so the writers it shares tables with wait milliseconds
+        at most. Only one purge runs at a time across processes; another returns
+        ``is_skipped``.
+        """
+        now = now or datetime.now(UTC)
+        today = now.astimezone(UTC).date()
         async with self.pool.acquire() as conn:
-            status: str = await conn.execute(
-                "DELETE FROM event_dedup WHERE received_at < $1", older_than
-            )
-        return int(status.split()[-1])
+            if not await conn.fetchval(_TRY_PURGE_LOCK):
+                return PurgeResult(is_skipped=True)
+            try:
+                projects = await conn.fetch(_PROJECT_RETENTIONS)
+                longest = max(
+                    (r["events_retention_days"] for r in projects),
+                    default=DEFAULT_EVENTS_RETENTION_DAYS,
+                )
+                dropped, deferred = await self._drop_partitions(conn, today, longest)
+                events = dedup = 0
+                for row in projects:
+                    events += await self._delete_batches(
+                        conn,
+                        _DELETE_EXPIRED_EVENTS,
+                        row["id"],
+                        _day_start(today - timedelta(days=row["events_retention_days"])),
+                        batch_rows,
+                    )
+                    dedup += await self._delete_batches(
+                        conn,
+                        _DELETE_EXPIRED_DEDUP,
+                        row["id"],
+                        now - timedelta(days=row["dedup_window_days"]),
+                        batch_rows,
+                    )
+            finally:
+                await conn.execute(_RELEASE_PURGE_LOCK)
+        return PurgeResult(
+            partitions_dropped=dropped,
+            partitions_deferred=deferred,
+            events_deleted=events,
+            dedup_deleted=dedup,
+        )
+
+    @staticmethod
+    async def _drop_partitions(conn: Connection, today: date, keep_days: int) -> tuple[int, int]:
+        """Drop the daily partitions before ``today - keep_days``: (dropped, deferred)."""
+        first_kept = today - timedelta(days=keep_days)
+        dropped = deferred = 0
+        for name in await conn.fetch(_EVENT_PARTITIONS):
+            day = partition_day(name["relname"])
+            if day is None or day >= first_kept:
+                continue
+            try:
+                async with conn.transaction():
+                    # DROP waits for the writers' short transactions on events to end, and
+                    # every later writer waits behind it: a busy table is retried next run
+                    # instead of stalling the writes for long.
+                    await conn.execute(_SET_PURGE_LOCK_TIMEOUT)
+                    # The name is rebuilt from the date, never taken from the catalog as is.
+                    await conn.execute(f"DROP TABLE IF EXISTS {partition_name(day)}")
+            except asyncpg.LockNotAvailableError:
+                deferred += 1
+            else:
+                dropped += 1
+        return dropped, deferred
+
+    @staticmethod
+    async def _delete_batches(
+        conn: Connection, query: str, project_id: uuid.UUID, older_than: datetime, batch: int
+    ) -> int:
+        total = 0
+        while True:
+            status: str = await conn.execute(query, project_id, older_than, batch)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < batch:  # the inner SELECT found fewer: nothing expired is left
+                return total
 
     # -- tenancy ----------------------------------------------------------------------------
 
@@ -263,6 +469,9 @@ class Store:
         name: str,
         default_country: str | None,
         allowed_origins: Sequence[str] | None = None,
+        *,
+        events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS,
+        dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
     ) -> tuple[Project, IssuedKey]:
         project_id = uuid.uuid4()
         origins = tuple(allowed_origins) if allowed_origins is not None else None
@@ -274,9 +483,21 @@ class Store:
                 name,
                 default_country,
                 list(origins) if origins is not None else None,
+                events_retention_days,
+                dedup_window_days,
             )
             key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
-        return Project(project_id, org_id, name, default_country, created_at, origins), key
+        project = Project(
+            project_id,
+            org_id,
+            name,
+            default_country,
+            created_at,
+            origins,
+            events_retention_days,
+            dedup_window_days,
+        )
+        return project, key
 
     async def get_project(self, org_id: uuid.UUID, project_id: uuid.UUID) -> Project | None:
         """The project if it belongs to ``org_id``; another tenant's is as missing as none."""
@@ -299,6 +520,8 @@ class Store:
                 changes.default_country,
                 changes.set_allowed_origins,
                 list(origins) if origins is not None else None,
+                changes.events_retention_days,
+                changes.dedup_window_days,
             )
         return None if row is None else _project(row)
 

@@ -189,8 +189,8 @@ class TestHelp:
             ),
             (
                 ["purge"],
-                "Delete expired data (message ids past the dedup window).",
-                ["INGEST_DATABASE_URL", "INGEST_DEDUP_WINDOW_DAYS"],
+                "Delete expired data: events and message ids past each project's retention.",
+                ["INGEST_DATABASE_URL", "events_retention_days", "dedup_window_days"],
             ),
         ],
     )
@@ -263,14 +263,59 @@ class TestProgress:
         assert json.loads(stdout)["applied"][0] == f"{first.version:04d}_{first.name}"
 
     def test_purge_says_what_it_deleted(self, db_dsn: str) -> None:
-        """stdout: the count as JSON; stderr: a log line with the count and the window."""
-        result = _run(["purge"], _env(INGEST_DATABASE_URL=db_dsn, INGEST_DEDUP_WINDOW_DAYS="3"))
+        """stdout: the counts as JSON; stderr: a ``purge_done`` log line with the same counts."""
+
+        async def seed() -> None:
+            conn = await asyncpg.connect(db_dsn)
+            try:
+                org_id = await conn.fetchval(
+                    "INSERT INTO organizations (id, name) VALUES (gen_random_uuid(), 'o') "
+                    "RETURNING id"
+                )
+                project_id = await conn.fetchval(
+                    "INSERT INTO projects (id, org_id, name, events_retention_days, "
+                    "dedup_window_days) VALUES (gen_random_uuid(), $1, 'p', 3, 1) RETURNING id",
+                    org_id,
+                )
+                # Three partitions past 3 days, one event in the default partition past it,
+                # and two message ids past one day.
+                await conn.execute(
+                    "SELECT ingest_ensure_event_partitions(current_date - 6, current_date - 4)"
+                )
+                await conn.execute(
+                    "INSERT INTO events (project_id, received_at, message_id, type, timestamp) "
+                    "VALUES ($1, now() - interval '30 days', 'm', 'track', now())",
+                    project_id,
+                )
+                await conn.execute(
+                    "INSERT INTO event_dedup (project_id, message_id, received_at) "
+                    "SELECT $1, 'm' || g, now() - interval '2 days' FROM generate_series(1, 2) g",
+                    project_id,
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(seed())
+        result = _run(["purge"], _env(INGEST_DATABASE_URL=db_dsn))
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == {"dedup_purged": 0}
+        counts = {
+            "partitions_dropped": 3,
+            "partitions_deferred": 0,
+            "events_deleted": 1,
+            "dedup_deleted": 2,
+            "skipped": False,
+        }
+        assert json.loads(result.stdout) == counts
         done = [json.loads(line) for line in result.stderr.splitlines()][-1]
         assert done["event"] == "purge_done"
-        assert done["message_ids_deleted"] == 0
-        assert done["older_than_days"] == 3
+        assert {k: done[k] for k in counts} == counts
+
+    def test_the_retired_dedup_window_variable_is_refused(self, db_dsn: str) -> None:
+        """INGEST_DEDUP_WINDOW_DAYS moved to the project: setting it says where it went."""
+        result = _run(["purge"], _env(INGEST_DATABASE_URL=db_dsn, INGEST_DEDUP_WINDOW_DAYS="3"))
+        assert result.returncode == 2
+        assert "INGEST_DEDUP_WINDOW_DAYS" in result.stderr
+        assert "dedup_window_days" in result.stderr
 
     def test_admin_create_org_keeps_stdout_pure_json(self, db_dsn: str) -> None:
         """The logs (migrations included) go to stderr so the key can be piped into jq."""
