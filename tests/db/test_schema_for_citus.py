@@ -1,0 +1,140 @@
+"""The schema can be distributed with Citus on project_id without changing a query (see
+docs/scaling.md): checked on the migrated catalog and on the SQL in ingest/store.py."""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+from ingest import store
+
+# Tenant tables and their distribution column: every unique key must include it. projects is
+# keyed by its own id, which is the project id.
+DISTRIBUTED = {"events": "project_id", "event_dedup": "project_id", "projects": "id"}
+# Not tenant data, or not always a project's: organizations, and api_keys (an org's secret
+# keys have no project). Copied to every node by create_reference_table.
+REFERENCE = {"organizations", "api_keys"}
+# Stays on the coordinator: the migrations' own bookkeeping.
+LOCAL = {"schema_migrations"}
+
+_UNIQUE_KEYS = """
+    SELECT t.relname AS table_name, i.relname AS index_name,
+           array_agg(a.attname::text ORDER BY a.attnum) AS columns
+    FROM pg_index AS x
+    JOIN pg_class AS i ON i.oid = x.indexrelid
+    JOIN pg_class AS t ON t.oid = x.indrelid
+    JOIN pg_namespace AS n ON n.oid = t.relnamespace
+    JOIN pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = ANY(x.indkey)
+    WHERE n.nspname = 'public'
+      AND x.indisunique
+      AND NOT t.relispartition
+    GROUP BY 1, 2
+"""
+
+_FOREIGN_KEYS = """
+    SELECT c.conname, src.relname AS source, dst.relname AS target,
+           (SELECT array_agg(attname::text) FROM pg_attribute
+            WHERE attrelid = c.conrelid AND attnum = ANY(c.conkey)) AS source_columns,
+           (SELECT array_agg(attname::text) FROM pg_attribute
+            WHERE attrelid = c.confrelid AND attnum = ANY(c.confkey)) AS target_columns
+    FROM pg_constraint AS c
+    JOIN pg_class AS src ON src.oid = c.conrelid
+    JOIN pg_class AS dst ON dst.oid = c.confrelid
+    WHERE c.contype = 'f'
+      AND NOT src.relispartition
+"""
+
+
+async def test_every_table_is_classified(conn: asyncpg.Connection) -> None:
+    """A table added by a migration must be placed here (and in docs/scaling.md) first."""
+    tables = await conn.fetch(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    )
+    top_level = {
+        t["table_name"]
+        for t in tables
+        if not await conn.fetchval(
+            "SELECT relispartition FROM pg_class WHERE oid = $1::regclass", t["table_name"]
+        )
+    }
+    assert top_level == set(DISTRIBUTED) | REFERENCE | LOCAL
+
+
+async def test_every_unique_key_of_a_distributed_table_holds_its_distribution_column(
+    conn: asyncpg.Connection,
+) -> None:
+    keys = await conn.fetch(_UNIQUE_KEYS)
+    checked = set()
+    for key in keys:
+        column = DISTRIBUTED.get(key["table_name"])
+        if column is None:
+            continue
+        checked.add(key["table_name"])
+        assert column in key["columns"], (key["index_name"], key["columns"])
+    # events has none (partitioned; dedup lives in event_dedup): the others must be seen.
+    assert checked == {"event_dedup", "projects"}
+    # The partitioned table's indexes are project-first too, so each is shard-local.
+    for index in await conn.fetch(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'events'"
+    ):
+        assert re.search(r"\(project_id\b", index["indexdef"]), index["indexdef"]
+
+
+async def test_no_foreign_key_joins_two_distributed_tables_off_project_id(
+    conn: asyncpg.Connection,
+) -> None:
+    links = await conn.fetch(_FOREIGN_KEYS)
+    for link in links:
+        if link["source"] in DISTRIBUTED and link["target"] in DISTRIBUTED:
+            assert DISTRIBUTED[link["source"]] in link["source_columns"], link["conname"]
+            assert DISTRIBUTED[link["target"]] in link["target_columns"], link["conname"]
+    # Citus refuses a foreign key from a reference table to a distributed one: this is the
+    # only one, and docs/scaling.md says what the cluster does about it.
+    into_distributed = {
+        (link["source"], link["target"])
+        for link in links
+        if link["source"] in REFERENCE and link["target"] in DISTRIBUTED
+    }
+    assert into_distributed == {("api_keys", "projects")}
+
+
+# "FROM a AS x [LEFT] JOIN b AS y ON <condition>" in a query constant of store.py.
+_JOIN = re.compile(
+    r"FROM\s+(\w+)\s+AS\s+(\w+)\s+(?:LEFT\s+)?JOIN\s+(\w+)\s+AS\s+(\w+)\s+ON\s+([^\n]+)",
+    re.IGNORECASE,
+)
+
+
+def test_store_joins_distributed_tables_only_on_the_project() -> None:
+    queries = {
+        name: value
+        for name, value in vars(store).items()
+        if name.isupper() or name.startswith("_")
+        if isinstance(value, str) and re.search(r"\bJOIN\b", value, re.IGNORECASE)
+    }
+    joins = {}
+    for name, query in queries.items():
+        found = _JOIN.findall(query)
+        assert len(found) == len(re.findall(r"\bJOIN\b", query, re.IGNORECASE)), name
+        joins[name] = found
+    # Every join the service runs, listed: a new one is reviewed here before it lands.
+    assert {n: [(a, b) for a, _, b, _, _ in j] for n, j in joins.items()} == {
+        "_FIND_KEY": [("api_keys", "projects")],
+        "_EVENT_PARTITIONS": [("pg_inherits", "pg_class")],
+    }
+    for found in joins.values():
+        for left, left_alias, right, right_alias, condition in found:
+            if left in DISTRIBUTED and right in DISTRIBUTED:
+                sides = {s.strip() for s in condition.split("=")}
+                assert sides == {
+                    f"{left_alias}.{DISTRIBUTED[left]}",
+                    f"{right_alias}.{DISTRIBUTED[right]}",
+                }, condition
+    # Every statement on events or event_dedup names one project: each runs on one shard.
+    for name, value in vars(store).items():
+        if not isinstance(value, str) or not name.startswith("_"):
+            continue
+        if re.search(r"\b(DELETE FROM|UPDATE)\s+(events|event_dedup)\b", value):
+            assert "project_id = $1" in value, name
