@@ -42,6 +42,7 @@ from ingest.store import (
     DEFAULT_DEDUP_WINDOW_DAYS,
     DEFAULT_EVENTS_RETENTION_DAYS,
     KeyRecord,
+    Project,
     ProjectChanges,
     Store,
 )
@@ -348,9 +349,11 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
     )
 
 
-async def _project_doc(request: Request) -> dict[str, Any]:
+async def _partner_doc(request: Request, *, empty_is_object: bool = False) -> dict[str, Any]:
+    """A partner call's JSON object body (64 KiB at most); optionally an empty body is ``{}``."""
     bodies.check_content_type(request)
-    doc = _loads(await bodies.read_body(request, 64 * 1024))
+    raw = await bodies.read_body(request, 64 * 1024)
+    doc = {} if empty_is_object and not raw.strip() else _loads(raw)
     if not isinstance(doc, dict):
         raise InvalidBody("the body must be a JSON object")
     return doc
@@ -360,7 +363,7 @@ async def post_projects(request: Request) -> Response:
     svc = services(request)
     key = await svc.auth.secret_key(request)
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
-    fields = _project_fields(await _project_doc(request), partial=False)
+    fields = _project_fields(await _partner_doc(request), partial=False)
     assert fields.name is not None  # noqa: S101  # required by _project_fields
     project, write_key = await svc.store.create_project(
         key.org_id,
@@ -381,7 +384,7 @@ async def patch_project(request: Request) -> Response:
     key = await svc.auth.secret_key(request)
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
     project = await _own_project(svc, key, request.path_params["project_id"])
-    changes = _project_fields(await _project_doc(request), partial=True)
+    changes = _project_fields(await _partner_doc(request), partial=True)
     updated = await svc.store.update_project(key.org_id, project.project_id, changes)
     if updated is None:  # deleted between the two statements
         raise NotFound("no such project")
@@ -396,11 +399,7 @@ async def post_project_keys(request: Request) -> Response:
     key = await svc.auth.secret_key(request)
     _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
     project = await _own_project(svc, key, request.path_params["project_id"])
-    bodies.check_content_type(request)
-    raw = await bodies.read_body(request, 64 * 1024)
-    doc = _loads(raw) if raw.strip() else {}
-    if not isinstance(doc, dict):
-        raise InvalidBody("the body must be a JSON object")
+    doc = await _partner_doc(request, empty_is_object=True)
     server_side = doc.get("server_side", False)
     if not isinstance(server_side, bool):
         raise ValidationFailed(
@@ -413,7 +412,7 @@ async def post_project_keys(request: Request) -> Response:
     )
 
 
-async def _own_project(svc: Services, key: KeyRecord, raw_id: str) -> Any:
+async def _own_project(svc: Services, key: KeyRecord, raw_id: str) -> Project:
     try:
         project_id = uuid.UUID(raw_id)
     except ValueError:
