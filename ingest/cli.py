@@ -44,7 +44,7 @@ _DATABASE_ENV: Final = """environment:
 _SERVE_ENV: Final = f"""{_DATABASE_ENV}
   INGEST_HOST          interface to listen on (127.0.0.1)
   INGEST_PORT          port to listen on (8000)
-  INGEST_WORKERS       worker processes (1)
+  INGEST_WORKERS       worker processes (one per CPU)
   INGEST_GEOIP_DB      GeoLite2/GeoIP2 City .mmdb file; unset: the bundled 2018 database
   INGEST_TRUSTED_PROXIES  load balancers allowed to set X-Forwarded-For (CIDRs, comma-separated)
 
@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = command(sub, "serve", "run the HTTP API (applies migrations first)", _SERVE_ENV)
     serve.add_argument("--host", help="interface to listen on (INGEST_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (INGEST_PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (INGEST_WORKERS, default 1)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (INGEST_WORKERS, default: one per CPU)"
+    )
     command(sub, "migrate", "apply the SQL migrations that are not applied yet")
     admin = command(sub, "admin", "bootstrap commands (create-org)")
     admin_sub = admin.add_subparsers(dest="admin_command", required=True, metavar="SUBCOMMAND")
