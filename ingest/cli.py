@@ -411,8 +411,11 @@ def _serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
     if settings.workers > 1:
+        # The workers build their settings from the environment: hand them the command line's.
+        # INGEST_WORKERS matters beyond uvicorn: each worker enforces 1/N of the rate limit.
         os.environ["INGEST_HOST"] = settings.host
         os.environ["INGEST_PORT"] = str(settings.port)
+        os.environ["INGEST_WORKERS"] = str(settings.workers)
         with tempfile.TemporaryDirectory(prefix="ingest-metrics-") as metrics_dir:
             os.environ[MULTIPROC_ENV] = metrics_dir
             uvicorn.run("ingest.app:app_from_env", factory=True, workers=settings.workers, **common)

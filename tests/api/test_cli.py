@@ -232,3 +232,23 @@ def test_connections_past_the_limit_get_503(serve: Any, db_dsn: str, geoip_db: P
         for s in held:
             s.close()
     _stop(proc)
+
+
+def test_workers_from_the_command_line_split_the_rate_limit(
+    serve: Any, db_dsn: str, geoip_db: Path
+) -> None:
+    """`--workers 3` (not the environment) reaches the workers: each enforces a third."""
+    env = _env(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_RATE_LIMIT_PER_KEY="30",
+        INGEST_RATE_LIMIT_BURST="3",
+    )
+    proc, base = serve(env, "--workers", "3")
+    key = _bootstrap(env, base)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as c:
+        answers = [c.post("/v1/events", json={"event": "x", "user_id": "u"}) for _ in range(5)]
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, [a.status_code for a in answers]
+    assert "may send 10 requests a second" in refused[0].json()["detail"]
+    _stop(proc)
