@@ -421,7 +421,8 @@ class _Scrubber:
             raise _Reject("nul_character", path, "a key contains U+0000, which Postgres refuses")
         if "@" in key or "%40" in key:
             if pii.looks_like_email(key):
-                return pii.sha256_hex(pii.normalize_email(_unwrap_email(key)) or key)
+                email = pii.hash_email(key)
+                return email.sha256 if email else pii.redact_emails(key)
             return pii.redact_emails(key)
         first = key[:1]
         if first and first in "+(t0123456789" and pii.looks_like_phone(key):
@@ -490,13 +491,6 @@ def _is_whole_number(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-
-
-def _unwrap_email(value: str) -> str:
-    value = value.strip()
-    if value[:7].lower() == "mailto:":
-        value = value[7:]
-    return value.replace("%40", "@")
 
 
 def _has_email(text: str) -> bool:
