@@ -1182,17 +1182,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.connections < args.threads:
         print("--connections must be at least --threads", file=sys.stderr)
         return 2
-    # Ctrl-C and SIGTERM both unwind through the cleanup (SIGINT explicitly: a shell starts
-    # background jobs with it ignored).
+    return run_guarded("benchmark", lambda: _run(args, wanted))
+
+
+def run_guarded(what: str, run: Callable[[], int]) -> int:
+    """Run a load tool's body so that Ctrl-C and SIGTERM unwind through its cleanup, and a
+    BenchError is one line and exit code 2."""
+    # SIGINT explicitly: a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     from ingest.logs import configure_logging
 
     configure_logging("warning", "console", sys.stderr.buffer)
     try:
-        return _run(args, wanted)
+        return run()
     except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"{what} failed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything started was stopped", file=sys.stderr)

@@ -62,11 +62,11 @@ import httpx
 from loadtests.bench import (
     BenchError,
     Server,
-    _interrupt,
     _quietly,
     create_database,
     create_org,
     create_project,
+    run_guarded,
     say,
 )
 
@@ -616,19 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not wanted or not wanted <= {f.key for f in FAULTS}:
         print("--faults takes letters among a,b,c,d,e", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    from ingest.logs import configure_logging
-
-    configure_logging("warning", "console", sys.stderr.buffer)
-    try:
-        return _run(args, wanted)
-    except BenchError as exc:
-        print(f"fault harness failed: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_guarded("fault harness", lambda: _run(args, wanted))
 
 
 def _run(args: argparse.Namespace, wanted: set[str]) -> int:
