@@ -220,17 +220,28 @@ def test_connections_past_the_limit_get_503(serve: Any, db_dsn: str, geoip_db: P
     )
     proc, base = serve(env)
     port = int(base.rsplit(":", 1)[1])
-    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
     try:
-        # Each held connection has an open request whose body never finishes.
+        # Stop mid-headers: no response is ever due, so the server keeps all three open.
         for s in held:
-            s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
-        time.sleep(0.5)
-        r = httpx.get(base + "/healthz", timeout=5)
-        assert r.status_code == 503
+            s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        statuses = []
+        for _ in range(50):  # until the server has accepted them (milliseconds, normally)
+            statuses.append(httpx.get(base + "/healthz", timeout=5).status_code)
+            if statuses[-1] == 503:
+                break
+            time.sleep(0.1)
+        assert statuses[-1] == 503, statuses
     finally:
         for s in held:
             s.close()
+    # And it lets go once they close.
+    for _ in range(50):
+        if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("still 503 after the held connections closed")
     _stop(proc)
 
 
