@@ -35,12 +35,18 @@ class Metrics:
         )
         self.events_accepted = Counter(
             "ingest_events_accepted",
-            "Events acknowledged (stored, or a stored duplicate).",
+            "Events acknowledged (stored, a stored duplicate, or suppressed).",
             registry=r,
         )
         self.events_duplicate = Counter(
             "ingest_events_duplicate",
             "Events whose (project, message_id) was already stored.",
+            registry=r,
+        )
+        self.events_suppressed = Counter(
+            "ingest_events_suppressed",
+            "Events acknowledged but not stored: they name an erased (suppressed) person, or "
+            "their project was deleted.",
             registry=r,
         )
         self.events_rejected = Counter(

@@ -183,16 +183,21 @@ async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally
     """Hand the rows to the writer; return once committed (Unavailable otherwise)."""
     outcomes = await svc.writer.submit(parsed.rows)
     rejected = list(parsed.rejected)
-    duplicates = 0
+    duplicates = suppressed = 0
     for index, outcome in zip(parsed.indexes, outcomes, strict=True):
         if outcome is Outcome.REJECTED:
             rejected.append(Issue(index, "store_rejected", None, "the database refused this event"))
         elif outcome is Outcome.DUPLICATE:
             duplicates += 1
+        elif outcome is Outcome.SUPPRESSED:
+            # Acknowledged like any other (as Segment does): the SDK must not retry it, and the
+            # answer must not reveal that the person was erased.
+            suppressed += 1
     accepted = len(outcomes) - (len(rejected) - len(parsed.rejected))
     m = svc.metrics
     m.events_accepted.inc(accepted)
     m.events_duplicate.inc(duplicates)
+    m.events_suppressed.inc(suppressed)
     _count_rejected(m, rejected)
     for warning in parsed.warnings:
         m.events_warnings.labels(code=warning.code).inc()

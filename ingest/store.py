@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Final
 
 import asyncpg
 import orjson
 
-from ingest import keys
+from ingest import keys, pseudonyms
 from ingest.events import COLUMNS, Row
+from ingest.pseudonyms import Kind
 
 # A pooled connection or a plain one: every method here works on both.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -193,6 +195,7 @@ _FIND_KEY: Final = """
     LEFT JOIN projects AS p ON p.id = k.project_id
     WHERE k.digest = $1
       AND k.revoked_at IS NULL
+      AND (k.expires_at IS NULL OR k.expires_at > now())
 """
 
 _GET_PROJECT: Final = """
@@ -227,6 +230,69 @@ _INSERT_DEDUP: Final = """
     RETURNING project_id, message_id
 """
 
+
+class Fate(StrEnum):
+    """What the writer's transaction did with one row."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # its (project, message_id) was stored before
+    SUPPRESSED = "suppressed"  # it names an erased person, or its project was deleted
+
+
+# Positions in a Row (events.COLUMNS).
+_RECEIVED_AT: Final = COLUMNS.index("received_at")
+_TYPE: Final = COLUMNS.index("type")
+_USER_ID: Final = COLUMNS.index("user_id")
+_TRAITS: Final = COLUMNS.index("traits")
+# The identifiers of a row that a suppression can name, with their kind.
+_SUBJECT_COLUMNS: Final = tuple(
+    (kind, COLUMNS.index(column))
+    for kind, column in (
+        (Kind.USER_ID, "user_id"),
+        (Kind.ANONYMOUS_ID, "anonymous_id"),
+        (Kind.EMAIL, "email_sha256"),
+        (Kind.EMAIL, "email_google_sha256"),
+        (Kind.PHONE, "phone_sha256"),
+        (Kind.PHONE, "phone_e164_sha256"),
+    )
+)
+
+# Advisory lock class of a project's subjects: writers hold it shared, an erasure or a project
+# deletion takes it exclusively for an instant (a barrier), see Store.insert_events.
+SUBJECT_LOCK: Final = 7230010
+
+_LOCK_PROJECTS_SHARED: Final = """
+    SELECT count(pg_advisory_xact_lock_shared($2::integer, hashtext(p::text)))
+    FROM unnest($1::uuid[]) AS p
+"""
+
+_SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
+
+_PROJECT_GUARDS: Final = """
+    SELECT p.id,
+           CASE WHEN EXISTS (SELECT 1 FROM suppressions AS s WHERE s.project_id = p.id)
+                THEN p.pseudonym_key
+           END AS suppression_key
+    FROM projects AS p
+    WHERE p.id = ANY($1::uuid[])
+"""
+
+_SUPPRESSED: Final = """
+    SELECT digest
+    FROM suppressions
+    WHERE project_id = $1
+      AND digest = ANY($2::bytea[])
+"""
+
+_UPSERT_PROFILES: Final = """
+    INSERT INTO user_profiles AS u (project_id, user_id, traits, created_at, updated_at)
+    SELECT x.project_id, x.user_id, x.traits, x.received_at, x.received_at
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[])
+        AS x(project_id, user_id, traits, received_at)
+    ON CONFLICT (project_id, user_id) DO UPDATE
+    SET traits = u.traits || EXCLUDED.traits,
+        updated_at = EXCLUDED.updated_at
+"""
 
 # -- retention ---------------------------------------------------------------------------------
 
@@ -282,6 +348,591 @@ _DELETE_EXPIRED_DEDUP: Final = """
           LIMIT $3
       ))
 """
+
+
+# -- the partner API: projects, keys, audit log, idempotency, data-subject requests ------------
+
+_LIST_PROJECTS: Final = """
+    SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
+           dedup_window_days
+    FROM projects
+    WHERE org_id = $1
+    ORDER BY created_at, id
+"""
+
+_DELETE_PROJECT: Final = """
+    DELETE FROM projects
+    WHERE id = $1
+      AND org_id = $2
+    RETURNING id
+"""
+
+_INSERT_PROJECT_DELETION: Final = """
+    INSERT INTO project_deletions (project_id, org_id)
+    VALUES ($1, $2)
+    ON CONFLICT DO NOTHING
+"""
+
+_PENDING_PROJECT_DELETIONS: Final = """
+    SELECT project_id
+    FROM project_deletions
+    ORDER BY requested_at
+"""
+
+_FINISH_PROJECT_DELETION: Final = "DELETE FROM project_deletions WHERE project_id = $1"
+
+# Batched like the retention purge: every statement is short, so writers never wait long.
+_DELETE_PROJECT_EVENTS: Final = """
+    DELETE FROM events
+    WHERE project_id = $1
+      AND ctid = ANY(ARRAY(
+          SELECT ctid
+          FROM events
+          WHERE project_id = $1
+          LIMIT $2
+      ))
+"""
+
+_DELETE_PROJECT_DEDUP: Final = """
+    DELETE FROM event_dedup
+    WHERE project_id = $1
+      AND message_id = ANY(ARRAY(
+          SELECT message_id
+          FROM event_dedup
+          WHERE project_id = $1
+          LIMIT $2
+      ))
+"""
+
+# A project's small tables, deleted in one statement each.
+_DELETE_PROJECT_ROWS: Final = (
+    ("user_profiles", "DELETE FROM user_profiles WHERE project_id = $1"),
+    ("suppressions", "DELETE FROM suppressions WHERE project_id = $1"),
+    ("erasures", "DELETE FROM erasures WHERE project_id = $1"),
+)
+
+_KEY_COLUMNS: Final = """
+    id, kind, project_id, display_prefix, is_server_side, created_at, revoked_at, expires_at,
+    replaced_by
+"""
+
+_LIST_PROJECT_KEYS: Final = f"""
+    SELECT {_KEY_COLUMNS}
+    FROM api_keys
+    WHERE org_id = $1
+      AND project_id = $2
+    ORDER BY created_at, id
+"""
+
+_LIST_SECRET_KEYS: Final = f"""
+    SELECT {_KEY_COLUMNS}
+    FROM api_keys
+    WHERE org_id = $1
+      AND kind = 'secret'
+    ORDER BY created_at, id
+"""
+
+# $3 is the project (NULL for an organization's secret keys); the kind must match too, so the
+# project route never reaches a secret key and the other way round.
+_GET_KEY_FOR_UPDATE: Final = f"""
+    SELECT {_KEY_COLUMNS}
+    FROM api_keys
+    WHERE id = $1
+      AND org_id = $2
+      AND project_id IS NOT DISTINCT FROM $3
+      AND kind = $4
+    FOR UPDATE
+"""
+
+_COUNT_WORKING_ORG_KEYS: Final = """
+    SELECT count(*)
+    FROM api_keys
+    WHERE org_id = $1
+      AND kind = 'secret'
+      AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+"""
+
+_REVOKE_KEY: Final = f"""
+    UPDATE api_keys
+    SET revoked_at = coalesce(revoked_at, now())
+    WHERE id = $1
+    RETURNING {_KEY_COLUMNS}
+"""
+
+# A grace period of 0 revokes at once; otherwise the key expires when it ends.
+_RETIRE_KEY: Final = f"""
+    UPDATE api_keys
+    SET expires_at = CASE WHEN $2::float8 > 0
+                          THEN least(coalesce(expires_at, 'infinity'),
+                                     now() + $2::float8 * interval '1 second')
+                          ELSE expires_at END,
+        revoked_at = CASE WHEN $2::float8 > 0 THEN revoked_at ELSE coalesce(revoked_at, now()) END,
+        replaced_by = $3
+    WHERE id = $1
+    RETURNING {_KEY_COLUMNS}
+"""
+
+_INSERT_AUDIT: Final = """
+    INSERT INTO audit_log (
+        org_id, id, key_id, request_id, action, target_type, target_id, project_id, details
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+
+_LIST_AUDIT: Final = """
+    SELECT seq, id, occurred_at, key_id, request_id, action, target_type, target_id, project_id,
+           details
+    FROM audit_log
+    WHERE org_id = $1
+      AND seq < $2
+      AND ($3::text IS NULL OR action = $3)
+      AND ($4::uuid IS NULL OR key_id = $4)
+    ORDER BY seq DESC
+    LIMIT $5
+"""
+
+_ORG_KEY: Final = "SELECT pseudonym_key FROM organizations WHERE id = $1"
+_PROJECT_KEY: Final = "SELECT pseudonym_key FROM projects WHERE id = $1 AND org_id = $2"
+
+# A new key, an expired entry (the key is new again), or the entry of a request that died
+# holding it (its lock lapsed) with the same request: claimed. Anything else is answered from
+# the row (replay, 409 or 422).
+_CLAIM_IDEMPOTENCY: Final = """
+    INSERT INTO idempotency_keys AS i (
+        org_id, key_id, key_digest, fingerprint, locked_until, expires_at
+    )
+    VALUES ($1, $2, $3, $4, now() + $5::float8 * interval '1 second',
+            now() + $6::float8 * interval '1 second')
+    ON CONFLICT (org_id, key_id, key_digest) DO UPDATE
+    SET fingerprint = EXCLUDED.fingerprint,
+        locked_until = EXCLUDED.locked_until,
+        expires_at = EXCLUDED.expires_at,
+        created_at = now(),
+        status = NULL,
+        content_type = NULL,
+        body = NULL,
+        holds_secret = false
+    WHERE i.expires_at <= now()
+       OR (i.status IS NULL AND i.locked_until <= now() AND i.fingerprint = EXCLUDED.fingerprint)
+    RETURNING true
+"""
+
+_GET_IDEMPOTENCY: Final = """
+    SELECT fingerprint, status, content_type, body, holds_secret, locked_until
+    FROM idempotency_keys
+    WHERE org_id = $1
+      AND key_id = $2
+      AND key_digest = $3
+"""
+
+_COMPLETE_IDEMPOTENCY: Final = """
+    UPDATE idempotency_keys
+    SET status = $5, content_type = $6, body = $7, holds_secret = $8, locked_until = NULL
+    WHERE org_id = $1
+      AND key_id = $2
+      AND key_digest = $3
+      AND fingerprint = $4
+"""
+
+_RELEASE_IDEMPOTENCY: Final = """
+    DELETE FROM idempotency_keys
+    WHERE org_id = $1
+      AND key_id = $2
+      AND key_digest = $3
+      AND fingerprint = $4
+      AND status IS NULL
+"""
+
+_DELETE_EXPIRED_IDEMPOTENCY: Final = """
+    DELETE FROM idempotency_keys
+    WHERE expires_at < $1
+      AND ctid = ANY(ARRAY(
+          SELECT ctid
+          FROM idempotency_keys
+          WHERE expires_at < $1
+          LIMIT $2
+      ))
+"""
+
+# The stored event as an export line carries it: every column but the project.
+_EXPORT_COLUMNS: Final = """
+    message_id, type, event, user_id, anonymous_id, "timestamp", original_timestamp, sent_at,
+    received_at, app_id, country, region, email_sha256, email_google_sha256, phone_sha256,
+    phone_e164_sha256, properties, traits, context
+"""
+
+# One page of a person's events, oldest first, after the (received_at, message_id) cursor.
+# Each names one identifier column, so each page is one index range scan.
+_EVENTS_PAGE: Final = {
+    column: f"""
+    SELECT {_EXPORT_COLUMNS}
+    FROM events
+    WHERE project_id = $1
+      AND {column} = ANY($2::text[])
+      AND {exclude}
+      AND (received_at, message_id) > ($3, $4)
+    ORDER BY received_at, message_id
+    LIMIT $5
+"""
+    for column, exclude in (
+        ("user_id", "true"),
+        ("anonymous_id", "true"),
+        ("email_sha256", "true"),
+        # An event whose two email forms are both the one asked for was on the first pass.
+        ("email_google_sha256", "(email_sha256 IS NULL OR NOT email_sha256 = ANY($2::text[]))"),
+        ("phone_sha256", "true"),
+        ("phone_e164_sha256", "(phone_sha256 IS NULL OR NOT phone_sha256 = ANY($2::text[]))"),
+    )
+}
+
+_USER_PROFILE: Final = """
+    SELECT traits, created_at, updated_at
+    FROM user_profiles
+    WHERE project_id = $1
+      AND user_id = $2
+"""
+
+_USER_SPAN: Final = """
+    SELECT count(*) AS events, min("timestamp") AS first_seen, max("timestamp") AS last_seen
+    FROM events
+    WHERE project_id = $1
+      AND user_id = $2
+"""
+
+# Everything that names the person asked for, and what those events link to them (one hop):
+# the anonymous ids an identify or alias tied to a user id, the email and phone digests their
+# events carried, the previous id an alias named.
+_LINKED_IDENTIFIERS: Final = """
+    SELECT DISTINCT user_id, anonymous_id, email_sha256, email_google_sha256, phone_sha256,
+           phone_e164_sha256,
+           CASE WHEN type = 'alias' THEN properties ->> 'previous_id' END AS previous_id
+    FROM events
+    WHERE project_id = $1
+      AND (user_id = ANY($2::text[])
+           OR anonymous_id = ANY($3::text[])
+           OR email_sha256 = ANY($4::text[])
+           OR email_google_sha256 = ANY($4::text[])
+           OR phone_sha256 = ANY($5::text[])
+           OR phone_e164_sha256 = ANY($5::text[]))
+"""
+
+_SUBJECT_CONDITION: Final = """
+          (user_id = ANY($2::text[])
+           OR anonymous_id = ANY($3::text[])
+           OR email_sha256 = ANY($4::text[])
+           OR email_google_sha256 = ANY($4::text[])
+           OR phone_sha256 = ANY($5::text[])
+           OR phone_e164_sha256 = ANY($5::text[]))
+"""
+
+_DELETE_SUBJECT_EVENTS: Final = f"""
+    DELETE FROM events
+    WHERE project_id = $1
+      AND {_SUBJECT_CONDITION}
+      AND ctid = ANY(ARRAY(
+          SELECT ctid
+          FROM events
+          WHERE project_id = $1
+            AND {_SUBJECT_CONDITION}
+          LIMIT $6
+      ))
+    RETURNING message_id
+"""
+
+_DELETE_SUBJECT_DEDUP: Final = """
+    DELETE FROM event_dedup
+    WHERE project_id = $1
+      AND message_id = ANY($2::text[])
+"""
+
+_DELETE_SUBJECT_PROFILES: Final = """
+    DELETE FROM user_profiles
+    WHERE project_id = $1
+      AND user_id = ANY($2::text[])
+"""
+
+_INSERT_SUPPRESSIONS: Final = """
+    INSERT INTO suppressions (project_id, digest, kind, erasure_id)
+    SELECT $1, x.digest, x.kind, $4
+    FROM unnest($2::bytea[], $3::text[]) AS x(digest, kind)
+    ON CONFLICT DO NOTHING
+"""
+
+_INSERT_ERASURE: Final = """
+    INSERT INTO erasures (
+        project_id, id, org_id, subject_kind, subject_digest, key_id, request_id, status
+    )
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 'running')
+"""
+
+_ERASURE_COLUMNS: Final = """
+    id, project_id, subject_kind, subject_digest, request_id, status, counts, identifiers,
+    requested_at, completed_at
+"""
+
+_COMPLETE_ERASURE: Final = f"""
+    UPDATE erasures
+    SET status = 'completed', counts = $3, identifiers = $4, completed_at = now()
+    WHERE project_id = $1
+      AND id = $2
+    RETURNING {_ERASURE_COLUMNS}
+"""
+
+# Through the project, so another organization's receipt is as missing as none.
+_GET_ERASURE: Final = f"""
+    SELECT {_ERASURE_COLUMNS}
+    FROM erasures
+    WHERE project_id = $1
+      AND id = $2
+      AND org_id = $3
+"""
+
+_LIST_ERASURES: Final = f"""
+    SELECT {_ERASURE_COLUMNS}
+    FROM erasures
+    WHERE project_id = $1
+      AND org_id = $2
+      AND (requested_at, id) < ($3, $4)
+    ORDER BY requested_at DESC, id DESC
+    LIMIT $5
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as lists show it: never the key itself, which only its creation answer holds."""
+
+    key_id: uuid.UUID
+    kind: keys.KeyKind
+    project_id: uuid.UUID | None
+    display_prefix: str
+    is_server_side: bool
+    created_at: datetime
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    replaced_by: uuid.UUID | None
+
+    def status(self, now: datetime) -> str:
+        if self.revoked_at is not None or (self.expires_at is not None and self.expires_at <= now):
+            return "revoked"
+        return "active" if self.expires_at is None else "expiring"
+
+    def as_dict(self, now: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": str(self.key_id),
+            "kind": str(self.kind),
+            "prefix": self.display_prefix,
+            "status": self.status(now),
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": _iso(self.revoked_at),
+            "expires_at": _iso(self.expires_at),
+            "replaced_by": str(self.replaced_by) if self.replaced_by else None,
+        }
+        if self.kind is keys.KeyKind.WRITE:
+            out["project_id"] = str(self.project_id)
+            out["server_side"] = self.is_server_side
+        return out
+
+
+def _one(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a statement always returns (an UPDATE of a row locked before it, an aggregate)."""
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return row
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _key_info(row: asyncpg.Record) -> KeyInfo:
+    return KeyInfo(
+        row["id"],
+        keys.KeyKind(row["kind"]),
+        row["project_id"],
+        row["display_prefix"],
+        row["is_server_side"],
+        row["created_at"],
+        row["revoked_at"],
+        row["expires_at"],
+        row["replaced_by"],
+    )
+
+
+class LastSecretKey(Exception):
+    """Revoking this key would leave its organization without a working secret key."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One audit row: who (key, request) did what to which target."""
+
+    org_id: uuid.UUID
+    key_id: uuid.UUID | None
+    request_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    project_id: uuid.UUID | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    entry_id: uuid.UUID
+    occurred_at: datetime
+    key_id: uuid.UUID | None
+    request_id: str | None
+    action: str
+    target_type: str
+    target_id: str
+    project_id: uuid.UUID | None
+    details: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.entry_id),
+            "occurred_at": self.occurred_at.isoformat(),
+            "key_id": str(self.key_id) if self.key_id else None,
+            "request_id": self.request_id,
+            "action": self.action,
+            "target": {"type": self.target_type, "id": self.target_id},
+            "project_id": str(self.project_id) if self.project_id else None,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A claimable Idempotency-Key: scoped to the organization and the calling key."""
+
+    org_id: uuid.UUID
+    key_id: uuid.UUID
+    key_digest: bytes
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyState:
+    """The stored entry of a key that could not be claimed."""
+
+    fingerprint: bytes
+    status: int | None
+    content_type: str | None
+    body: bytes | None
+    holds_secret: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A user's current state: identify traits merged in arrival order, and their event span."""
+
+    user_id: str
+    traits: dict[str, Any]
+    events: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    updated_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "traits": self.traits,
+            "events": self.events,
+            "first_seen": _iso(self.first_seen),
+            "last_seen": _iso(self.last_seen),
+            "traits_updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(slots=True)
+class Identifiers:
+    """The identifiers that name one person in one project (emails and phones as hex
+    SHA-256 digests, every variant)."""
+
+    user_ids: set[str] = field(default_factory=set)
+    anonymous_ids: set[str] = field(default_factory=set)
+    emails: set[str] = field(default_factory=set)
+    phones: set[str] = field(default_factory=set)
+
+    def args(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        return (
+            sorted(self.user_ids),
+            sorted(self.anonymous_ids),
+            sorted(self.emails),
+            sorted(self.phones),
+        )
+
+    def digests(self, key: bytes) -> list[tuple[bytes, Kind]]:
+        return [
+            (pseudonyms.digest(key, kind, value), kind)
+            for kind, values in (
+                (Kind.USER_ID, self.user_ids),
+                (Kind.ANONYMOUS_ID, self.anonymous_ids),
+                (Kind.EMAIL, self.emails),
+                (Kind.PHONE, self.phones),
+            )
+            for value in sorted(values)
+        ]
+
+    def merge(self, other: Identifiers) -> bool:
+        """Add ``other``'s identifiers; True when that added any."""
+        before = len(self)
+        self.user_ids |= other.user_ids
+        self.anonymous_ids |= other.anonymous_ids
+        self.emails |= other.emails
+        self.phones |= other.phones
+        return len(self) > before
+
+    def __len__(self) -> int:
+        return len(self.user_ids) + len(self.anonymous_ids) + len(self.emails) + len(self.phones)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """An erasure's receipt: what was removed, when, and a keyed digest of whom (never the
+    person)."""
+
+    erasure_id: uuid.UUID
+    project_id: uuid.UUID
+    subject_kind: str
+    subject_digest: bytes
+    request_id: str | None
+    status: str
+    counts: dict[str, int]
+    identifiers: int
+    requested_at: datetime
+    completed_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.erasure_id),
+            "project_id": str(self.project_id),
+            "subject": {"kind": self.subject_kind, "digest": self.subject_digest.hex()},
+            "request_id": self.request_id,
+            "status": self.status,
+            "deleted": self.counts,
+            "identifiers_suppressed": self.identifiers,
+            "requested_at": self.requested_at.isoformat(),
+            "completed_at": _iso(self.completed_at),
+        }
+
+
+def _receipt(row: asyncpg.Record) -> Receipt:
+    return Receipt(
+        row["id"],
+        row["project_id"],
+        row["subject_kind"],
+        row["subject_digest"],
+        row["request_id"],
+        row["status"],
+        dict(row["counts"]),
+        row["identifiers"],
+        row["requested_at"],
+        row["completed_at"],
+    )
 
 
 def partition_name(day: date) -> str:
@@ -581,32 +1232,505 @@ class Store:
             allowed_origins=_origins(row["allowed_origins"]),
         )
 
+    # -- projects and keys (the partner API) -----------------------------------------------
+
+    async def list_projects(self, org_id: uuid.UUID) -> list[Project]:
+        async with self.pool.acquire() as conn:
+            return [_project(row) for row in await conn.fetch(_LIST_PROJECTS, org_id)]
+
+    @staticmethod
+    async def delete_project(conn: Connection, org_id: uuid.UUID, project_id: uuid.UUID) -> bool:
+        """Delete the project row (its keys go with it) and note that its data is to be
+        deleted; the caller commits, then calls delete_project_data. False when missing."""
+        if await conn.fetchval(_DELETE_PROJECT, project_id, org_id) is None:
+            return False
+        await conn.execute(_INSERT_PROJECT_DELETION, project_id, org_id)
+        return True
+
+    async def delete_project_data(
+        self, project_id: uuid.UUID, *, batch_rows: int = PURGE_BATCH_ROWS
+    ) -> dict[str, int]:
+        """Delete every row of a deleted project, in short statements; per table, how many."""
+        async with self.pool.acquire() as conn:
+            # Writers that saw the project alive commit before this returns; later ones see it
+            # gone and drop their rows (insert_events).
+            async with conn.transaction():
+                await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
+            counts = {
+                "events": await self._delete_all(
+                    conn, _DELETE_PROJECT_EVENTS, project_id, batch_rows
+                ),
+                "message_ids": await self._delete_all(
+                    conn, _DELETE_PROJECT_DEDUP, project_id, batch_rows
+                ),
+            }
+            for table, query in _DELETE_PROJECT_ROWS:
+                status: str = await conn.execute(query, project_id)
+                counts[table] = int(status.split()[-1])
+            await conn.execute(_FINISH_PROJECT_DELETION, project_id)
+        return counts
+
+    async def pending_project_deletions(self) -> list[uuid.UUID]:
+        """Deleted projects whose data deletion did not finish (the process died)."""
+        async with self.pool.acquire() as conn:
+            return [r["project_id"] for r in await conn.fetch(_PENDING_PROJECT_DELETIONS)]
+
+    @staticmethod
+    async def _delete_all(conn: Connection, query: str, project_id: uuid.UUID, batch: int) -> int:
+        total = 0
+        while True:
+            status: str = await conn.execute(query, project_id, batch)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < batch:
+                return total
+
+    async def list_keys(self, org_id: uuid.UUID, project_id: uuid.UUID | None) -> list[KeyInfo]:
+        """A project's write keys, or (``project_id`` None) the organization's secret keys."""
+        async with self.pool.acquire() as conn:
+            if project_id is None:
+                rows = await conn.fetch(_LIST_SECRET_KEYS, org_id)
+            else:
+                rows = await conn.fetch(_LIST_PROJECT_KEYS, org_id, project_id)
+        return [_key_info(row) for row in rows]
+
+    async def create_key(
+        self,
+        conn: Connection,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID | None,
+        *,
+        is_server_side: bool = False,
+    ) -> IssuedKey:
+        """A new write key for ``project_id``, or a secret key when it is None."""
+        kind = keys.KeyKind.SECRET if project_id is None else keys.KeyKind.WRITE
+        return await self._insert_key(conn, org_id, project_id, kind, is_server_side=is_server_side)
+
+    @staticmethod
+    async def _key_for_update(
+        conn: Connection,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID | None,
+        key_id: uuid.UUID,
+    ) -> KeyInfo | None:
+        kind = keys.KeyKind.SECRET if project_id is None else keys.KeyKind.WRITE
+        row = await conn.fetchrow(_GET_KEY_FOR_UPDATE, key_id, org_id, project_id, str(kind))
+        return None if row is None else _key_info(row)
+
+    async def revoke_key(
+        self,
+        conn: Connection,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID | None,
+        key_id: uuid.UUID,
+    ) -> KeyInfo | None:
+        """Revoke now (again is a no-op); None when missing. Raises LastSecretKey rather than
+        lock an organization out."""
+        found = await self._key_for_update(conn, org_id, project_id, key_id)
+        if found is None:
+            return None
+        if (
+            found.kind is keys.KeyKind.SECRET
+            and found.status(datetime.now(UTC)) != "revoked"
+            and await conn.fetchval(_COUNT_WORKING_ORG_KEYS, org_id) <= 1
+        ):
+            raise LastSecretKey()
+        return _key_info(_one(await conn.fetchrow(_REVOKE_KEY, key_id)))
+
+    async def rotate_key(
+        self,
+        conn: Connection,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID | None,
+        key_id: uuid.UUID,
+        grace_s: float,
+    ) -> tuple[IssuedKey, KeyInfo] | None:
+        """Issue the key's successor (same kind, project and server-side flag); the old key
+        works for ``grace_s`` more seconds. None when the key is missing or no longer works."""
+        found = await self._key_for_update(conn, org_id, project_id, key_id)
+        if found is None or found.status(datetime.now(UTC)) == "revoked":
+            return None
+        issued = await self.create_key(
+            conn, org_id, project_id, is_server_side=found.is_server_side
+        )
+        old = _key_info(_one(await conn.fetchrow(_RETIRE_KEY, key_id, grace_s, issued.key_id)))
+        return issued, old
+
+    # -- audit log -------------------------------------------------------------------------
+
+    @staticmethod
+    async def audit(conn: Connection, entry: AuditEntry) -> None:
+        await conn.execute(
+            _INSERT_AUDIT,
+            entry.org_id,
+            uuid.uuid4(),
+            entry.key_id,
+            entry.request_id,
+            entry.action,
+            entry.target_type,
+            entry.target_id,
+            entry.project_id,
+            entry.details,
+        )
+
+    async def list_audit(
+        self,
+        org_id: uuid.UUID,
+        *,
+        before_seq: int | None,
+        limit: int,
+        action: str | None = None,
+        key_id: uuid.UUID | None = None,
+    ) -> list[AuditRecord]:
+        """The organization's audit rows, newest first, older than ``before_seq``."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                _LIST_AUDIT,
+                org_id,
+                before_seq if before_seq is not None else 2**63 - 1,
+                action,
+                key_id,
+                limit,
+            )
+        return [
+            AuditRecord(
+                r["seq"],
+                r["id"],
+                r["occurred_at"],
+                r["key_id"],
+                r["request_id"],
+                r["action"],
+                r["target_type"],
+                r["target_id"],
+                r["project_id"],
+                dict(r["details"]),
+            )
+            for r in rows
+        ]
+
+    # -- idempotency -----------------------------------------------------------------------
+
+    async def org_key(self, org_id: uuid.UUID) -> bytes:
+        row = await self._fetchrow(_ORG_KEY, org_id)
+        if row is None:  # the caller's key was just authenticated: its organization exists
+            raise LookupError("organization not found")
+        key: bytes = row["pseudonym_key"]
+        return key
+
+    async def project_key(self, org_id: uuid.UUID, project_id: uuid.UUID) -> bytes | None:
+        row = await self._fetchrow(_PROJECT_KEY, project_id, org_id)
+        return None if row is None else bytes(row["pseudonym_key"])
+
+    async def claim_idempotency(
+        self, key: IdempotencyKey, lock_s: float, ttl_s: float
+    ) -> IdempotencyState | None:
+        """Claim ``key`` for this request (None), or return the entry that holds it."""
+        async with self.pool.acquire() as conn:
+            claimed = await conn.fetchval(
+                _CLAIM_IDEMPOTENCY,
+                key.org_id,
+                key.key_id,
+                key.key_digest,
+                key.fingerprint,
+                lock_s,
+                ttl_s,
+            )
+            if claimed:
+                return None
+            row = await conn.fetchrow(_GET_IDEMPOTENCY, key.org_id, key.key_id, key.key_digest)
+        if row is None:  # expired and purged between the two statements: a new key
+            return await self.claim_idempotency(key, lock_s, ttl_s)
+        return IdempotencyState(
+            row["fingerprint"], row["status"], row["content_type"], row["body"], row["holds_secret"]
+        )
+
+    @staticmethod
+    async def complete_idempotency(
+        conn: Connection,
+        key: IdempotencyKey,
+        status: int,
+        content_type: str | None,
+        body: bytes,
+        *,
+        holds_secret: bool,
+    ) -> None:
+        await conn.execute(
+            _COMPLETE_IDEMPOTENCY,
+            key.org_id,
+            key.key_id,
+            key.key_digest,
+            key.fingerprint,
+            status,
+            content_type,
+            body,
+            holds_secret,
+        )
+
+    async def release_idempotency(self, key: IdempotencyKey) -> None:
+        """Forget a claim whose request failed: the same key may be retried at once."""
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                _RELEASE_IDEMPOTENCY, key.org_id, key.key_id, key.key_digest, key.fingerprint
+            )
+
+    # -- data-subject requests -------------------------------------------------------------
+
+    async def events_pages(
+        self, project_id: uuid.UUID, column: str, values: Sequence[str], *, page_rows: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The events whose ``column`` is one of ``values``, oldest first, a page at a time.
+        Each page is its own short query (no transaction spans the export), so an export never
+        pins vacuum or blocks a partition drop."""
+        query = _EVENTS_PAGE[column]
+        after: tuple[datetime, str] = (datetime(1, 1, 1, tzinfo=UTC), "")
+        while True:
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(query, project_id, list(values), *after, page_rows)
+            if not rows:
+                return
+            yield [dict(row) for row in rows]
+            if len(rows) < page_rows:
+                return
+            after = (rows[-1]["received_at"], rows[-1]["message_id"])
+
+    async def profile(self, project_id: uuid.UUID, user_id: str) -> Profile | None:
+        """The user's current state; None when the project holds nothing about them."""
+        async with self.pool.acquire() as conn:
+            state = await conn.fetchrow(_USER_PROFILE, project_id, user_id)
+            span = _one(await conn.fetchrow(_USER_SPAN, project_id, user_id))
+        if state is None and span["events"] == 0:
+            return None
+        return Profile(
+            user_id,
+            dict(state["traits"]) if state else {},
+            span["events"],
+            span["first_seen"],
+            span["last_seen"],
+            state["updated_at"] if state else None,
+        )
+
+    @staticmethod
+    async def _linked(conn: Connection, project_id: uuid.UUID, subject: Identifiers) -> Identifiers:
+        found = Identifiers()
+        for row in await conn.fetch(_LINKED_IDENTIFIERS, project_id, *subject.args()):
+            if row["user_id"] is not None:
+                found.user_ids.add(row["user_id"])
+            if row["anonymous_id"] is not None:
+                found.anonymous_ids.add(row["anonymous_id"])
+            if row["previous_id"] is not None:
+                # An alias's previous id was an anonymous id or an older user id.
+                found.user_ids.add(row["previous_id"])
+                found.anonymous_ids.add(row["previous_id"])
+            for column in ("email_sha256", "email_google_sha256"):
+                if row[column] is not None:
+                    found.emails.add(row[column])
+            for column in ("phone_sha256", "phone_e164_sha256"):
+                if row[column] is not None:
+                    found.phones.add(row[column])
+        return found
+
+    async def erase_subject(
+        self,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID,
+        subject: Identifiers,
+        subject_kind: Kind,
+        subject_digest: bytes,
+        *,
+        erasure_id: uuid.UUID,
+        key_id: uuid.UUID | None,
+        request_id: str | None,
+        batch_rows: int = PURGE_BATCH_ROWS,
+    ) -> tuple[dict[str, int], int] | None:
+        """Erase a person from a project; (counts per data class, identifiers suppressed),
+        or None when the project is missing. The caller completes the receipt.
+
+        The order is what keeps a racing event out (RELIABILITY T17): (1) commit the
+        suppressions of every identifier that names the person (and those their events link
+        to); (2) wait on the project's subject lock, so every writer transaction that might not
+        have seen them has committed; (3) delete. Writers check the suppressions inside their
+        own transaction, so nothing for the person is stored afterwards.
+        """
+        async with self.pool.acquire() as conn:
+            key = await conn.fetchval(_PROJECT_KEY, project_id, org_id)
+            if key is None:
+                return None
+            await conn.execute(
+                _INSERT_ERASURE,
+                project_id,
+                erasure_id,
+                org_id,
+                str(subject_kind),
+                subject_digest,
+                key_id,
+                request_id,
+            )
+            everyone = Identifiers()
+            everyone.merge(subject)
+            # Each round suppresses what is known, then looks again for links that events
+            # committed meanwhile added; a few rounds find everything a racing identify adds.
+            for _ in range(3):
+                everyone.merge(await self._linked(conn, project_id, everyone))
+                digests = everyone.digests(key)
+                await conn.execute(
+                    _INSERT_SUPPRESSIONS,
+                    project_id,
+                    [d for d, _ in digests],
+                    [str(k) for _, k in digests],
+                    erasure_id,
+                )
+                async with conn.transaction():
+                    await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
+                if not everyone.merge(await self._linked(conn, project_id, everyone)):
+                    break
+            message_ids: list[str] = []
+            while True:
+                deleted = await conn.fetch(
+                    _DELETE_SUBJECT_EVENTS, project_id, *everyone.args(), batch_rows
+                )
+                message_ids.extend(r["message_id"] for r in deleted)
+                if len(deleted) < batch_rows:
+                    break
+            dedup = 0
+            for start in range(0, len(message_ids), batch_rows):
+                status: str = await conn.execute(
+                    _DELETE_SUBJECT_DEDUP, project_id, message_ids[start : start + batch_rows]
+                )
+                dedup += int(status.split()[-1])
+            status = await conn.execute(
+                _DELETE_SUBJECT_PROFILES, project_id, sorted(everyone.user_ids)
+            )
+            counts = {
+                "events": len(message_ids),
+                "message_ids": dedup,
+                "user_profiles": int(status.split()[-1]),
+                # Nothing else holds a person's data yet: forwarding (its outbox) does not
+                # exist, and the idempotency cache keeps no request body (see README).
+                "forward_queue": 0,
+            }
+        return counts, len(everyone)
+
+    @staticmethod
+    async def complete_erasure(
+        conn: Connection,
+        project_id: uuid.UUID,
+        erasure_id: uuid.UUID,
+        counts: dict[str, int],
+        identifiers: int,
+    ) -> Receipt:
+        row = await conn.fetchrow(_COMPLETE_ERASURE, project_id, erasure_id, counts, identifiers)
+        return _receipt(_one(row))
+
+    async def get_erasure(
+        self, org_id: uuid.UUID, project_id: uuid.UUID, erasure_id: uuid.UUID
+    ) -> Receipt | None:
+        row = await self._fetchrow(_GET_ERASURE, project_id, erasure_id, org_id)
+        return None if row is None else _receipt(row)
+
+    async def list_erasures(
+        self,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID,
+        *,
+        before: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[Receipt]:
+        start = before or (datetime(9999, 12, 31, tzinfo=UTC), uuid.UUID(int=2**128 - 1))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_LIST_ERASURES, project_id, org_id, *start, limit)
+        return [_receipt(row) for row in rows]
+
     # -- the write path (called by writer.Writer only) ------------------------------------------
 
     @staticmethod
-    async def insert_events(conn: Connection, rows: Sequence[Row]) -> list[bool]:
-        """Store rows not seen before in one transaction; per row, True if stored, False if a
-        duplicate of a stored (project_id, message_id). Raises on any database error."""
+    async def insert_events(conn: Connection, rows: Sequence[Row]) -> list[Fate]:
+        """Store rows not seen before in one transaction, unless their project is gone or they
+        name a suppressed person; update the current state of identified users. Per row, its
+        fate. Raises on any database error.
+
+        The shared per-project lock is what an erasure waits on (Store.erase_subject): once the
+        erasure's suppressions are committed and it has held the lock, every later transaction
+        here sees them, and every earlier one has committed rows the erasure's DELETE sees.
+        """
+        projects = sorted({row[0] for row in rows})
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
         async with conn.transaction():
+            await conn.execute(_LOCK_PROJECTS_SHARED, projects, SUBJECT_LOCK)
+            # A separate statement: its snapshot is taken after the locks were granted.
+            guards = await conn.fetch(_PROJECT_GUARDS, projects)
+            live = {g["id"] for g in guards}
+            dropped: set[int] = {i for i, row in enumerate(rows) if row[0] not in live}
+            for guard in guards:
+                if guard["suppression_key"] is not None:
+                    dropped |= await _suppressed_rows(
+                        conn, rows, guard["id"], guard["suppression_key"]
+                    )
+            claim = [i for i in order if i not in dropped]
             claimed = await conn.fetch(
                 _INSERT_DEDUP,
-                [rows[i][0] for i in order],
-                [rows[i][2] for i in order],
-                [rows[i][1] for i in order],
+                [rows[i][0] for i in claim],
+                [rows[i][2] for i in claim],
+                [rows[i][1] for i in claim],
             )
             fresh = {(r["project_id"], r["message_id"]) for r in claimed}
-            stored: list[bool] = []
+            fates: list[Fate] = []
             records: list[Row] = []
-            for row in rows:
+            for index, row in enumerate(rows):
                 key = (row[0], row[2])
-                if key in fresh:
+                if index in dropped:
+                    fates.append(Fate.SUPPRESSED)
+                elif key in fresh:
                     fresh.discard(key)  # a second copy inside the same batch is a duplicate
-                    stored.append(True)
+                    fates.append(Fate.STORED)
                     records.append(row)
                 else:
-                    stored.append(False)
+                    fates.append(Fate.DUPLICATE)
             if records:
                 await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
-        return stored
+                await _update_profiles(conn, records)
+        return fates
+
+
+async def _suppressed_rows(
+    conn: Connection, rows: Sequence[Row], project_id: uuid.UUID, key: bytes
+) -> set[int]:
+    """The indexes of ``project_id``'s rows that carry an identifier of an erased person."""
+    by_digest: dict[bytes, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row[0] != project_id:
+            continue
+        for kind, column in _SUBJECT_COLUMNS:
+            value = row[column]
+            if value is not None:
+                by_digest.setdefault(pseudonyms.digest(key, kind, value), []).append(index)
+    if not by_digest:
+        return set()
+    hits = await conn.fetch(_SUPPRESSED, project_id, list(by_digest))
+    return {index for hit in hits for index in by_digest[hit["digest"]]}
+
+
+async def _update_profiles(conn: Connection, records: Sequence[Row]) -> None:
+    """Merge the traits of stored identify events into their users' current state, in
+    arrival order (a corrected identify overwrites what it names; the events stay as sent)."""
+    merged: dict[tuple[uuid.UUID, str], tuple[dict[str, Any], datetime]] = {}
+    for row in records:
+        if row[_TYPE] != "identify" or row[_USER_ID] is None:
+            continue
+        key = (row[0], row[_USER_ID])
+        traits = orjson.loads(row[_TRAITS])
+        if key in merged:
+            merged[key][0].update(traits)
+        else:
+            merged[key] = (traits, row[_RECEIVED_AT])
+    if not merged:
+        return
+    # Sorted: two writer connections upsert the same users in one order, never deadlocking.
+    ordered = sorted(merged)
+    await conn.execute(
+        _UPSERT_PROFILES,
+        [k[0] for k in ordered],
+        [k[1] for k in ordered],
+        [orjson.dumps(merged[k][0]) for k in ordered],
+        [merged[k][1] for k in ordered],
+    )

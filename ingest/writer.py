@@ -21,7 +21,7 @@ import structlog
 from ingest.events import Row
 from ingest.metrics import Metrics
 from ingest.problems import Unavailable
-from ingest.store import TRANSIENT_ERRORS, Store
+from ingest.store import TRANSIENT_ERRORS, Fate, Store
 
 log = structlog.get_logger("ingest.writer")
 
@@ -37,6 +37,7 @@ class Outcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"  # Postgres refused this row although it passed validation
+    SUPPRESSED = "suppressed"  # names an erased person (or its project was deleted): dropped
 
 
 @dataclass(slots=True)
@@ -191,7 +192,7 @@ class Writer:
             self._resolve(pending, [_outcome(s) for s in stored[offset : offset + n]])
             offset += n
 
-    async def _insert(self, rows: Sequence[Row], lease: _Lease) -> list[bool]:
+    async def _insert(self, rows: Sequence[Row], lease: _Lease) -> list[Fate]:
         try:
             async with asyncio.timeout(self._timeout):
                 conn = await lease.get()
@@ -268,8 +269,15 @@ class _Lease:
             await self._pool.release(conn)
 
 
-def _outcome(stored: bool) -> Outcome:
-    return Outcome.STORED if stored else Outcome.DUPLICATE
+_OUTCOMES = {
+    Fate.STORED: Outcome.STORED,
+    Fate.DUPLICATE: Outcome.DUPLICATE,
+    Fate.SUPPRESSED: Outcome.SUPPRESSED,
+}
+
+
+def _outcome(fate: Fate) -> Outcome:
+    return _OUTCOMES[fate]
 
 
 def _sqlstate(exc: BaseException) -> str | None:
