@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import openapi, posthog, segment, store as store_mod
+from ingest import manage, openapi, posthog, segment, store as store_mod, subjects
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
@@ -166,6 +166,7 @@ def report_purge(result: PurgeResult, metrics: Metrics | None = None) -> None:
         metrics.purged_partitions.inc(result.partitions_dropped)
         metrics.purged_rows.labels(data="events").inc(result.events_deleted)
         metrics.purged_rows.labels(data="dedup").inc(result.dedup_deleted)
+        metrics.purged_rows.labels(data="idempotency").inc(result.idempotency_deleted)
 
 
 async def maintain_once(svc: Services) -> PurgeResult:
@@ -266,7 +267,14 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
     return Starlette(
         # The Segment and PostHog routes live in their own modules, which build on the steps in
         # routes.py: listing them here, not there, keeps the import graph acyclic.
-        routes=[*ROUTES, *segment.ROUTES, *posthog.ROUTES, *openapi.ROUTES],
+        routes=[
+            *ROUTES,
+            *manage.ROUTES,
+            *subjects.ROUTES,
+            *segment.ROUTES,
+            *posthog.ROUTES,
+            *openapi.ROUTES,
+        ],
         middleware=[
             Middleware(RequestContext, metrics=metrics),
             Middleware(

@@ -95,3 +95,26 @@ async def _read_gzip(request: Request, limit: int) -> bytes:
     if not inflater.eof:
         raise InvalidBody("the gzip stream is truncated")
     return b"".join(out)
+
+
+async def read_raw(request: Request, limit: int, deadline_s: float = 30.0) -> bytes:
+    """The body as sent (not decoded), at most ``limit`` bytes, kept on the request so that a
+    later read_body reads (and decodes) it again."""
+    try:
+        async with asyncio.timeout(deadline_s):
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the body is more than {limit} bytes; the limit is {limit}", limit=limit
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {deadline_s:g} seconds") from None
+    body = b"".join(chunks)
+    # Starlette's Request.stream() yields _body when it is set: the documented way to read a
+    # body twice is request.body(), which has no size limit.
+    request._body = body
+    return body

@@ -106,6 +106,10 @@ class Settings:
 
     # Key lookups are cached this long: a revoked key is refused by every worker within it.
     key_cache_ttl_s: float = 1.0
+    # An Idempotency-Key's answer is replayed this long (then the key is new again), and a
+    # request that died holding one frees it after idempotency_lock_s.
+    idempotency_ttl_s: float = 86400.0
+    idempotency_lock_s: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -150,6 +154,8 @@ class Settings:
         take("RATE_LIMIT_BURST", "rate_limit_burst", _positive_float)
         take("BODY_TIMEOUT_SECONDS", "body_timeout_s", _positive_float)
         take("MAX_CONNECTIONS", "max_connections", _positive_int)
+        take("IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_s", _positive_float)
+        take("IDEMPOTENCY_LOCK_SECONDS", "idempotency_lock_s", _positive_float)
         for name, moved_to in _MOVED.items():
             if env.get(f"INGEST_{name}"):
                 errors.append(f"INGEST_{name}: {moved_to}")

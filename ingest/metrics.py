@@ -49,6 +49,13 @@ class Metrics:
             "their project was deleted.",
             registry=r,
         )
+        self.subject_requests = Counter(
+            "ingest_subject_requests",
+            "Data-subject requests answered, by kind (export, erase): alert on a burst, a leaked "
+            "secret key exporting user after user looks like this.",
+            ["kind"],
+            registry=r,
+        )
         self.events_rejected = Counter(
             "ingest_events_rejected", "Events refused, by reason code.", ["reason"], registry=r
         )

@@ -97,6 +97,33 @@ class NotFound(Problem):
     status, slug = 404, "not-found"
 
 
+class Conflict(Problem):
+    """The request conflicts with the current state of the resource."""
+
+    status, slug = 409, "conflict"
+
+
+class IdempotencyInFlight(Problem):
+    """A request with this Idempotency-Key is still being processed."""
+
+    status, slug = 409, "idempotency-in-flight"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after)
+
+
+class KeyAlreadyIssued(Problem):
+    """The first request with this Idempotency-Key issued a key, which is shown only once."""
+
+    status, slug = 409, "key-already-issued"
+
+
+class IdempotencyKeyReused(Problem):
+    """This Idempotency-Key was used for another request."""
+
+    status, slug = 422, "idempotency-key-reused"
+
+
 class Unavailable(Problem):
     """The service cannot store events right now; retry with the same message_id."""
 

@@ -26,7 +26,7 @@ from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
 from ingest.logs import LOG_STATE
 from ingest.metrics import Metrics
-from ingest.origins import OriginsInvalid, check_origin, parse_allowed_origins
+from ingest.origins import check_origin
 from ingest.problems import (
     Forbidden,
     InvalidBody,
@@ -39,11 +39,7 @@ from ingest.problems import (
 )
 from ingest.ratelimit import RateLimiter
 from ingest.store import (
-    DEFAULT_DEDUP_WINDOW_DAYS,
-    DEFAULT_EVENTS_RETENTION_DAYS,
     KeyRecord,
-    Project,
-    ProjectChanges,
     Store,
 )
 from ingest.writer import Outcome, Writer
@@ -73,7 +69,7 @@ def services(request: Request) -> Services:
     return svc
 
 
-def _log(request: Request, **fields: Any) -> None:
+def log_fields(request: Request, **fields: Any) -> None:
     request.scope[LOG_STATE].update(fields)
 
 
@@ -117,7 +113,7 @@ class Tally:
 
 async def event_target(request: Request, svc: Services, key: KeyRecord) -> Target:
     """A write key names its project; a secret key names one of its org's in a header."""
-    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
+    log_fields(request, org_id=str(key.org_id), key_id=str(key.key_id))
     # Before the body is read: a key over its rate costs us nothing more.
     try:
         svc.limiter.check(key.key_id)
@@ -133,7 +129,7 @@ async def event_target(request: Request, svc: Services, key: KeyRecord) -> Targe
         if project is None:
             raise NotFound("no such project")
         target = Target(project.project_id, project.default_country, True)
-    _log(request, project_id=str(target.project_id))
+    log_fields(request, project_id=str(target.project_id))
     return target
 
 
@@ -168,7 +164,7 @@ def parse_events(
 def refuse_single(request: Request, svc: Services, issue: Issue) -> NoReturn:
     """A request that held one event, and that event was refused: a 4xx for the request."""
     _count_rejected(svc.metrics, [issue])
-    _log(request, events_accepted=0, events_rejected=1)
+    log_fields(request, events_accepted=0, events_rejected=1)
     if issue.code == "event_too_large":
         raise PayloadTooLarge(
             issue.reason,
@@ -201,7 +197,7 @@ async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally
     _count_rejected(m, rejected)
     for warning in parsed.warnings:
         m.events_warnings.labels(code=warning.code).inc()
-    _log(request, events_accepted=accepted, events_rejected=len(rejected))
+    log_fields(request, events_accepted=accepted, events_rejected=len(rejected))
     rejected.sort(key=lambda issue: issue.index)
     return Tally(accepted, duplicates, rejected, parsed.warnings)
 
@@ -303,132 +299,6 @@ def _items(doc: Any) -> tuple[list[Any], Any, bool]:
     return [doc], None, False
 
 
-# A project's retention settings (sql/0003_project_retention.sql), in days; ten years at most.
-RETENTION_FIELDS: Final = ("events_retention_days", "dedup_window_days")
-MAX_DAYS: Final = 3650
-
-
-def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
-    """The project fields of a POST (``name`` required) or a PATCH (each optional)."""
-    errors: list[dict[str, str]] = []
-    name = doc.get("name")
-    if (not partial or "name" in doc) and (
-        not isinstance(name, str) or not name.strip() or len(name) > 200 or "\x00" in name
-    ):
-        errors.append({"field": "name", "reason": "a non-empty string of at most 200 characters"})
-    country = doc.get("default_country")
-    if country is not None and (
-        not isinstance(country, str)
-        or len(country) != 2
-        or not country.isascii()
-        or not country.isalpha()
-    ):
-        errors.append({"field": "default_country", "reason": "an ISO 3166 alpha-2 code or null"})
-    origins: tuple[str, ...] | None = None
-    try:
-        origins = parse_allowed_origins(doc.get("allowed_origins"))
-    except OriginsInvalid as exc:
-        errors.append({"field": "allowed_origins", "reason": str(exc)})
-    retention: dict[str, int | None] = {}
-    for field in RETENTION_FIELDS:
-        value = doc.get(field)
-        # Absent keeps the current value (on create: the default); null is refused, since a
-        # retention cannot be cleared. bool is an int to Python, not to a partner.
-        if field not in doc:
-            retention[field] = None
-        elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DAYS:
-            retention[field] = value
-        else:
-            errors.append({"field": field, "reason": f"a whole number of days, 1 to {MAX_DAYS}"})
-    if errors:
-        raise ValidationFailed("the project is invalid", errors=errors)
-    return ProjectChanges(
-        set_name="name" in doc,
-        name=name.strip() if isinstance(name, str) else None,
-        set_default_country="default_country" in doc,
-        default_country=country.upper() if isinstance(country, str) else None,
-        set_allowed_origins="allowed_origins" in doc,
-        allowed_origins=origins,
-        events_retention_days=retention["events_retention_days"],
-        dedup_window_days=retention["dedup_window_days"],
-    )
-
-
-async def _partner_doc(request: Request, *, empty_is_object: bool = False) -> dict[str, Any]:
-    """A partner call's JSON object body (64 KiB at most); optionally an empty body is ``{}``."""
-    bodies.check_content_type(request)
-    raw = await bodies.read_body(request, 64 * 1024)
-    doc = {} if empty_is_object and not raw.strip() else _loads(raw)
-    if not isinstance(doc, dict):
-        raise InvalidBody("the body must be a JSON object")
-    return doc
-
-
-async def post_projects(request: Request) -> Response:
-    svc = services(request)
-    key = await svc.auth.secret_key(request)
-    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
-    fields = _project_fields(await _partner_doc(request), partial=False)
-    assert fields.name is not None  # noqa: S101  # required by _project_fields
-    project, write_key = await svc.store.create_project(
-        key.org_id,
-        fields.name,
-        fields.default_country,
-        fields.allowed_origins,
-        events_retention_days=fields.events_retention_days or DEFAULT_EVENTS_RETENTION_DAYS,
-        dedup_window_days=fields.dedup_window_days or DEFAULT_DEDUP_WINDOW_DAYS,
-    )
-    _log(request, project_id=str(project.project_id))
-    return JSONResponse({**project.as_dict(), "write_key": write_key.as_dict()}, status_code=201)
-
-
-async def patch_project(request: Request) -> Response:
-    """Change a project's name, default country, origin allow-list or retention; absent
-    fields stay."""
-    svc = services(request)
-    key = await svc.auth.secret_key(request)
-    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
-    project = await _own_project(svc, key, request.path_params["project_id"])
-    changes = _project_fields(await _partner_doc(request), partial=True)
-    updated = await svc.store.update_project(key.org_id, project.project_id, changes)
-    if updated is None:  # deleted between the two statements
-        raise NotFound("no such project")
-    _log(request, project_id=str(updated.project_id))
-    return JSONResponse(updated.as_dict())
-
-
-async def post_project_keys(request: Request) -> Response:
-    """Issue another write key for a project; ``server_side`` marks one whose context.ip is
-    trusted (a partner's server forwarding its users' events)."""
-    svc = services(request)
-    key = await svc.auth.secret_key(request)
-    _log(request, org_id=str(key.org_id), key_id=str(key.key_id))
-    project = await _own_project(svc, key, request.path_params["project_id"])
-    doc = await _partner_doc(request, empty_is_object=True)
-    server_side = doc.get("server_side", False)
-    if not isinstance(server_side, bool):
-        raise ValidationFailed(
-            "server_side must be a boolean", errors=[{"field": "server_side", "reason": "boolean"}]
-        )
-    issued = await svc.store.create_write_key(key.org_id, project.project_id, server_side)
-    return JSONResponse(
-        {**issued.as_dict(), "project_id": str(project.project_id), "server_side": server_side},
-        status_code=201,
-    )
-
-
-async def _own_project(svc: Services, key: KeyRecord, raw_id: str) -> Project:
-    try:
-        project_id = uuid.UUID(raw_id)
-    except ValueError:
-        raise NotFound("no such project") from None
-    # Another organization's project answers exactly like a missing one: no oracle.
-    project = await svc.store.get_project(key.org_id, project_id)
-    if project is None:
-        raise NotFound("no such project")
-    return project
-
-
 async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -456,9 +326,6 @@ async def metrics(request: Request) -> Response:
 
 ROUTES: Final = [
     Route("/v1/events", post_events, methods=["POST"]),
-    Route("/v1/projects", post_projects, methods=["POST"]),
-    Route("/v1/projects/{project_id}", patch_project, methods=["PATCH"]),
-    Route("/v1/projects/{project_id}/keys", post_project_keys, methods=["POST"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

@@ -100,6 +100,8 @@ class PurgeResult:
     partitions_deferred: int = 0
     events_deleted: int = 0
     dedup_deleted: int = 0
+    idempotency_deleted: int = 0
+    projects_finished: int = 0
     is_skipped: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -108,6 +110,8 @@ class PurgeResult:
             "partitions_deferred": self.partitions_deferred,
             "events_deleted": self.events_deleted,
             "dedup_deleted": self.dedup_deleted,
+            "idempotency_deleted": self.idempotency_deleted,
+            "projects_finished": self.projects_finished,
             "skipped": self.is_skipped,
         }
 
@@ -444,13 +448,16 @@ _GET_KEY_FOR_UPDATE: Final = f"""
     FOR UPDATE
 """
 
-_COUNT_WORKING_ORG_KEYS: Final = """
-    SELECT count(*)
+# Locks every secret key of the organization (in one order), then counts the ones that will
+# keep working: not revoked and not expiring. Two revocations at once serialize here, so they
+# can never both see "another one is left" and leave the organization locked out.
+_LOCK_ORG_PARTNER_KEYS: Final = """
+    SELECT id, revoked_at IS NULL AND expires_at IS NULL AS is_lasting
     FROM api_keys
     WHERE org_id = $1
       AND kind = 'secret'
-      AND revoked_at IS NULL
-      AND (expires_at IS NULL OR expires_at > now())
+    ORDER BY id
+    FOR UPDATE
 """
 
 _REVOKE_KEY: Final = f"""
@@ -967,6 +974,17 @@ class ProjectChanges:
     events_retention_days: int | None = None
     dedup_window_days: int | None = None
 
+    def given(self) -> list[str]:
+        """The names of the fields this change sets (what the audit log records)."""
+        named = {
+            "name": self.set_name,
+            "default_country": self.set_default_country,
+            "allowed_origins": self.set_allowed_origins,
+            "events_retention_days": self.events_retention_days is not None,
+            "dedup_window_days": self.dedup_window_days is not None,
+        }
+        return [name for name, is_set in named.items() if is_set]
+
 
 def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(value) if value is not None else None
@@ -1061,13 +1079,23 @@ class Store:
                         now - timedelta(days=row["dedup_window_days"]),
                         batch_rows,
                     )
+                idempotency = await self._delete_batches(
+                    conn, _DELETE_EXPIRED_IDEMPOTENCY, None, now, batch_rows
+                )
             finally:
                 await conn.execute(_RELEASE_PURGE_LOCK)
+        # A deleted project whose request died mid-way: its data goes now.
+        finished = 0
+        for project_id in await self.pending_project_deletions():
+            await self.delete_project_data(project_id, batch_rows=batch_rows)
+            finished += 1
         return PurgeResult(
             partitions_dropped=dropped,
             partitions_deferred=deferred,
             events_deleted=events,
             dedup_deleted=dedup,
+            idempotency_deleted=idempotency,
+            projects_finished=finished,
         )
 
     @staticmethod
@@ -1095,11 +1123,18 @@ class Store:
 
     @staticmethod
     async def _delete_batches(
-        conn: Connection, query: str, project_id: uuid.UUID, older_than: datetime, batch: int
+        conn: Connection,
+        query: str,
+        project_id: uuid.UUID | None,
+        older_than: datetime,
+        batch: int,
     ) -> int:
+        """Run a batched DELETE until it deletes fewer than ``batch`` rows; ``project_id``
+        None for a query that takes no project (it then reads $1 and $2)."""
+        args = (older_than, batch) if project_id is None else (project_id, older_than, batch)
         total = 0
         while True:
-            status: str = await conn.execute(query, project_id, older_than, batch)
+            status: str = await conn.execute(query, *args)
             deleted = int(status.split()[-1])
             total += deleted
             if deleted < batch:  # the inner SELECT found fewer: nothing expired is left
@@ -1123,21 +1158,34 @@ class Store:
         *,
         events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS,
         dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+        conn: Connection | None = None,
     ) -> tuple[Project, IssuedKey]:
+        """A project and its first write key; on ``conn`` (inside the caller's transaction)
+        when given."""
+        if conn is None:
+            async with self.pool.acquire() as own, own.transaction():
+                return await self.create_project(
+                    org_id,
+                    name,
+                    default_country,
+                    allowed_origins,
+                    events_retention_days=events_retention_days,
+                    dedup_window_days=dedup_window_days,
+                    conn=own,
+                )
         project_id = uuid.uuid4()
         origins = tuple(allowed_origins) if allowed_origins is not None else None
-        async with self.pool.acquire() as conn, conn.transaction():
-            created_at = await conn.fetchval(
-                _INSERT_PROJECT,
-                project_id,
-                org_id,
-                name,
-                default_country,
-                list(origins) if origins is not None else None,
-                events_retention_days,
-                dedup_window_days,
-            )
-            key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
+        created_at = await conn.fetchval(
+            _INSERT_PROJECT,
+            project_id,
+            org_id,
+            name,
+            default_country,
+            list(origins) if origins is not None else None,
+            events_retention_days,
+            dedup_window_days,
+        )
+        key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
         project = Project(
             project_id,
             org_id,
@@ -1156,33 +1204,32 @@ class Store:
         return None if row is None else _project(row)
 
     async def update_project(
-        self, org_id: uuid.UUID, project_id: uuid.UUID, changes: ProjectChanges
+        self,
+        org_id: uuid.UUID,
+        project_id: uuid.UUID,
+        changes: ProjectChanges,
+        *,
+        conn: Connection | None = None,
     ) -> Project | None:
         """Apply ``changes``; None when the project is missing or another tenant's."""
+        if conn is None:
+            async with self.pool.acquire() as own:
+                return await self.update_project(org_id, project_id, changes, conn=own)
         origins = changes.allowed_origins
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                _UPDATE_PROJECT,
-                project_id,
-                org_id,
-                changes.set_name,
-                changes.name,
-                changes.set_default_country,
-                changes.default_country,
-                changes.set_allowed_origins,
-                list(origins) if origins is not None else None,
-                changes.events_retention_days,
-                changes.dedup_window_days,
-            )
+        row = await conn.fetchrow(
+            _UPDATE_PROJECT,
+            project_id,
+            org_id,
+            changes.set_name,
+            changes.name,
+            changes.set_default_country,
+            changes.default_country,
+            changes.set_allowed_origins,
+            list(origins) if origins is not None else None,
+            changes.events_retention_days,
+            changes.dedup_window_days,
+        )
         return None if row is None else _project(row)
-
-    async def create_write_key(
-        self, org_id: uuid.UUID, project_id: uuid.UUID, is_server_side: bool
-    ) -> IssuedKey:
-        async with self.pool.acquire() as conn:
-            return await self._insert_key(
-                conn, org_id, project_id, keys.KeyKind.WRITE, is_server_side=is_server_side
-            )
 
     async def _insert_key(
         self,
@@ -1325,15 +1372,15 @@ class Store:
         key_id: uuid.UUID,
     ) -> KeyInfo | None:
         """Revoke now (again is a no-op); None when missing. Raises LastSecretKey rather than
-        lock an organization out."""
+        lock an organization out: a secret key is revoked only while another one is neither
+        revoked nor expiring."""
+        if project_id is None:
+            org_keys = await conn.fetch(_LOCK_ORG_PARTNER_KEYS, org_id)
+            others = [k for k in org_keys if k["is_lasting"] and k["id"] != key_id]
         found = await self._key_for_update(conn, org_id, project_id, key_id)
         if found is None:
             return None
-        if (
-            found.kind is keys.KeyKind.SECRET
-            and found.status(datetime.now(UTC)) != "revoked"
-            and await conn.fetchval(_COUNT_WORKING_ORG_KEYS, org_id) <= 1
-        ):
+        if project_id is None and found.revoked_at is None and not others:
             raise LastSecretKey()
         return _key_info(_one(await conn.fetchrow(_REVOKE_KEY, key_id)))
 
@@ -1565,12 +1612,14 @@ class Store:
                 key_id,
                 request_id,
             )
+            # One hop: the subject's own identifiers and what their events link to, never
+            # what those link to in turn (a shared device would otherwise erase a second
+            # person). Suppressed first, then looked up again after the barrier: an identify
+            # committed meanwhile may have linked one more.
             everyone = Identifiers()
             everyone.merge(subject)
-            # Each round suppresses what is known, then looks again for links that events
-            # committed meanwhile added; a few rounds find everything a racing identify adds.
             for _ in range(3):
-                everyone.merge(await self._linked(conn, project_id, everyone))
+                everyone.merge(await self._linked(conn, project_id, subject))
                 digests = everyone.digests(key)
                 await conn.execute(
                     _INSERT_SUPPRESSIONS,
@@ -1581,7 +1630,7 @@ class Store:
                 )
                 async with conn.transaction():
                     await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
-                if not everyone.merge(await self._linked(conn, project_id, everyone)):
+                if not everyone.merge(await self._linked(conn, project_id, subject)):
                     break
             message_ids: list[str] = []
             while True:

@@ -1021,7 +1021,7 @@ class TestRouting:
             ("GET", "/v1/events"),
             ("PUT", "/v1/events"),
             ("DELETE", "/v1/events"),
-            ("GET", "/v1/projects"),
+            ("PUT", "/v1/projects"),
             ("POST", "/healthz"),
         ],
     )

@@ -303,6 +303,8 @@ class TestProgress:
             "partitions_deferred": 0,
             "events_deleted": 1,
             "dedup_deleted": 2,
+            "idempotency_deleted": 0,
+            "projects_finished": 0,
             "skipped": False,
         }
         assert json.loads(result.stdout) == counts

@@ -51,6 +51,12 @@ async def store(db_dsn: str) -> AsyncIterator[Store]:
     pool = await create_pool(db_dsn, min_size=1, max_size=4, connect_timeout=5)
     store = Store(pool)
     await store.ensure_partitions()  # as the app's lifespan does
+    # The writer drops rows of a project that does not exist (a deleted one): PROJECT must.
+    async with pool.acquire() as conn:
+        await conn.execute("INSERT INTO organizations (id, name) VALUES ($1, 'o')", PROJECT)
+        await conn.execute(
+            "INSERT INTO projects (id, org_id, name) VALUES ($1, $1, 'p')", PROJECT
+        )
     yield store
     await pool.close()
 
@@ -116,6 +122,19 @@ class TestGroupCommit:
         assert await conn.fetchval(
             "SELECT to_regclass($1) IS NOT NULL", f"events_p{tomorrow:%Y%m%d}"
         )
+
+
+class TestDeletedProjects:
+    async def test_rows_of_a_missing_project_are_acknowledged_and_not_stored(
+        self, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """A write key cached for a moment after its project was deleted: nothing lands."""
+        live = rows(2)
+        gone = [(uuid.uuid4(), *row[1:]) for row in rows(2)]
+        results = await asyncio.gather(writer.submit(live), writer.submit(gone))
+        assert results == [[Outcome.STORED] * 2, [Outcome.SUPPRESSED] * 2]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 2
+        assert await conn.fetchval("SELECT count(*) FROM event_dedup") == 2
 
 
 class TestIsolation:
