@@ -40,7 +40,8 @@ PROBLEMS: Final = {
     "BadRequest": (
         400,
         "invalid-json, invalid-body or validation: malformed JSON or gzip, a body of the wrong "
-        "shape, or an invalid single event (`errors` lists index, field and reason).",
+        "shape, an invalid single event (`errors` lists index, field and reason), or a bad "
+        "`Idempotency-Key`, `limit` or `cursor` (`field` names it).",
     ),
     "Unauthorized": (
         401,
@@ -52,7 +53,11 @@ PROBLEMS: Final = {
         "`Origin` or cross-site `Sec-Fetch-Site` header), an origin not on the project's "
         "allow-list, or a secret key without `X-Ingest-Project-Id`.",
     ),
-    "NotFound": (404, "not-found: no such project (another organization's project included)."),
+    "NotFound": (
+        404,
+        "not-found: no such project, key, user or erasure (another organization's answers "
+        "exactly like a missing one).",
+    ),
     "MethodNotAllowed": (
         405,
         "about:blank: the path exists but not with this method (the `Allow` header lists the "
@@ -61,6 +66,13 @@ PROBLEMS: Final = {
     "RequestTimeout": (
         408,
         "request-timeout: the body did not arrive within `INGEST_BODY_TIMEOUT_SECONDS`.",
+    ),
+    "Conflict": (
+        409,
+        "conflict: the organization's last working secret key cannot be revoked. "
+        "idempotency-in-flight: the first request with this `Idempotency-Key` is still running "
+        "(retry after `Retry-After`). key-already-issued: the first request with this key "
+        "issued a key, whose secret is shown once; `created` is that answer with `key` null.",
     ),
     "PayloadTooLarge": (
         413,
@@ -71,6 +83,11 @@ PROBLEMS: Final = {
         415,
         "unsupported-media-type: a content type other than JSON or text (or a `data=` form on "
         "the PostHog routes), an encoding other than gzip, or chained encodings.",
+    ),
+    "UnprocessableContent": (
+        422,
+        "idempotency-key-reused: this `Idempotency-Key` was sent within 24 h with another "
+        "method, path or body; use a new key for a new request.",
     ),
     "TooManyRequests": (
         429,
@@ -85,11 +102,29 @@ PROBLEMS: Final = {
 }
 _STATUS_REF: Final = {status: name for name, (status, _) in PROBLEMS.items()}
 
+# What the audit log records (ingest/manage.py, ingest/subjects.py).
+AUDIT_ACTIONS: Final = (
+    "project.create",
+    "project.update",
+    "project.delete",
+    "key.create",
+    "key.revoke",
+    "key.rotate",
+    "subject.export",
+    "subject.erase",
+)
+
 # Which problems each kind of route can answer with (405 comes from the router, see PROBLEMS).
 EVENT_ERRORS: Final = (400, 401, 403, 404, 408, 413, 415, 429, 503)
 SDK_ERRORS: Final = (400, 401, 403, 408, 413, 415, 429, 503)
-PARTNER_ERRORS: Final = (400, 401, 403, 408, 413, 415, 503)
-PARTNER_PROJECT_ERRORS: Final = (*PARTNER_ERRORS, 404)
+# Partner routes (secret key). A read answers 401, 403, 429 or 503 (404 for a missing project,
+# key, user or erasure; 400 for a bad limit or cursor). A write adds what Idempotency-Key brings
+# (400 for a bad key, 409, 422, and 408/413 since the body is read to fingerprint it), and a
+# write with a JSON body adds 415.
+PARTNER_READ_ERRORS: Final = (401, 403, 429, 503)
+PARTNER_WRITE_ERRORS: Final = (400, 401, 403, 408, 409, 413, 422, 429, 503)
+PARTNER_BODY_ERRORS: Final = (*PARTNER_WRITE_ERRORS, 415)
+NDJSON: Final = "application/x-ndjson"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -103,6 +138,21 @@ def _responses(ok: int, schema: dict[str, Any], description: str, errors: tuple[
     for status in sorted(errors):
         out[str(status)] = {"$ref": f"#/components/responses/{_STATUS_REF[status]}"}
     return out
+
+
+def _replayable(responses: Any) -> Any:
+    """Mark the success answer of a partner write as one an Idempotency-Key may replay."""
+    for status, response in responses.items():
+        if status.startswith("2"):
+            response["headers"] = {
+                "Idempotent-Replayed": {
+                    "description": "`true` when this is the stored answer to an earlier request "
+                    "with the same `Idempotency-Key`.",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+    return responses
 
 
 def _json_body(schema: dict[str, Any], *, required: bool = True, text: bool = True) -> Any:
@@ -265,6 +315,52 @@ def _schemas() -> dict[str, Any]:
             "description": "The write key, when it is not the HTTP Basic user. Not stored.",
         },
     }
+    uuid_ = {"type": "string", "format": "uuid"}
+    nullable_time = {"type": ["string", "null"], "format": "date-time"}
+    key_info_props = {
+        "id": uuid_,
+        "kind": issued_key_props["kind"],
+        "prefix": issued_key_props["prefix"],
+        "status": {
+            "type": "string",
+            "enum": ["active", "expiring", "revoked"],
+            "description": "expiring: rotated, still accepted until `expires_at`.",
+        },
+        "created_at": issued_key_props["created_at"],
+        "revoked_at": nullable_time,
+        "expires_at": nullable_time,
+        "replaced_by": {
+            "type": ["string", "null"],
+            "format": "uuid",
+            "description": "The key that rotation issued in its place.",
+        },
+        "project_id": {**uuid_, "description": "Write keys only."},
+        "server_side": {"type": "boolean", "description": "Write keys only."},
+    }
+    count = {"type": "integer", "minimum": 0}
+    subject_value = {"type": "string", "minLength": 1, "maxLength": 255}
+    sha256_hex = {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"}
+    exported_props = {
+        "message_id": {"type": "string"},
+        "type": event_props["type"],
+        "event": nullable_string,
+        "user_id": nullable_string,
+        "anonymous_id": nullable_string,
+        "timestamp": {"type": "string", "format": "date-time"},
+        "original_timestamp": nullable_time,
+        "sent_at": nullable_time,
+        "received_at": {"type": "string", "format": "date-time"},
+        "app_id": nullable_string,
+        "country": nullable_string,
+        "region": nullable_string,
+        "email_sha256": nullable_string,
+        "email_google_sha256": nullable_string,
+        "phone_sha256": nullable_string,
+        "phone_e164_sha256": nullable_string,
+        "properties": obj,
+        "traits": obj,
+        "context": obj,
+    }
     posthog_event_props = {
         "event": {"type": "string", "examples": ["$pageview", "$identify", "Signed Up"]},
         "distinct_id": {"type": ["string", "number"]},
@@ -425,6 +521,235 @@ def _schemas() -> dict[str, Any]:
                 "server_side": {"type": "boolean"},
             },
         },
+        "ProjectList": {
+            "type": "object",
+            "required": ["projects"],
+            "properties": {"projects": {"type": "array", "items": _ref("Project")}},
+        },
+        "ProjectDeleted": {
+            "type": "object",
+            "required": ["id", "deleted", "completed_at"],
+            "properties": {
+                "id": uuid_,
+                "deleted": {
+                    "type": "object",
+                    "description": "Rows deleted, per data class: events, message_ids, "
+                    "user_profiles, suppressions, erasures.",
+                    "additionalProperties": count,
+                },
+                "completed_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "SecretKeyCreate": {
+            "type": "object",
+            "description": "Empty, or `{}`: a secret key has no options (`server_side` is a 400).",
+            "not": {"required": ["server_side"]},
+            "additionalProperties": True,
+        },
+        "KeyRotate": {
+            "type": "object",
+            "properties": {
+                "grace_seconds": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 2592000,
+                    "default": 0,
+                    "description": "How long the old key keeps working (30 days at most); 0 "
+                    "refuses it at once.",
+                }
+            },
+            "additionalProperties": True,
+        },
+        "KeyInfo": {
+            "type": "object",
+            "description": "A key as lists show it: never the key itself.",
+            "required": [
+                name for name in key_info_props if name not in ("project_id", "server_side")
+            ],
+            "properties": key_info_props,
+        },
+        "KeyList": {
+            "type": "object",
+            "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": _ref("KeyInfo")}},
+        },
+        "KeyRotated": {
+            "allOf": [_ref("IssuedKey")],
+            "type": "object",
+            "required": ["replaces"],
+            "properties": {
+                "replaces": {
+                    **_ref("KeyInfo"),
+                    "description": "The old key: `expiring` (or `revoked` with no grace), "
+                    "`replaced_by` the new one.",
+                },
+                "project_id": {**uuid_, "description": "Write keys only."},
+                "server_side": {"type": "boolean", "description": "Write keys only."},
+            },
+        },
+        "AuditEntry": {
+            "type": "object",
+            "required": [
+                "id",
+                "occurred_at",
+                "key_id",
+                "request_id",
+                "action",
+                "target",
+                "project_id",
+                "details",
+            ],
+            "properties": {
+                "id": uuid_,
+                "occurred_at": {"type": "string", "format": "date-time"},
+                "key_id": {
+                    "type": ["string", "null"],
+                    "format": "uuid",
+                    "description": "The secret key that did it.",
+                },
+                "request_id": {
+                    **nullable_string,
+                    "description": "The `X-Request-Id` of the request that did it.",
+                },
+                "action": {"type": "string", "enum": list(AUDIT_ACTIONS)},
+                "target": {
+                    "type": "object",
+                    "required": ["type", "id"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["project", "key", "subject"]},
+                        "id": {
+                            "type": "string",
+                            "description": "A project or key id; for a subject, the keyed "
+                            "digest (never the person's identifier).",
+                        },
+                    },
+                },
+                "project_id": {"type": ["string", "null"], "format": "uuid"},
+                "details": obj,
+            },
+        },
+        "AuditLog": {
+            "type": "object",
+            "required": ["entries", "next_cursor"],
+            "properties": {
+                "entries": {"type": "array", "items": _ref("AuditEntry")},
+                "next_cursor": {
+                    **nullable_string,
+                    "description": "Pass as `cursor` for the next (older) page; null at the end.",
+                },
+            },
+        },
+        "SubjectRequest": {
+            "type": "object",
+            "description": "Exactly one identifier. A raw email or phone is normalized and "
+            "hashed as at ingest (a national phone number in the project's `default_country`); "
+            "every stored digest variant matches.",
+            "properties": {
+                "user_id": subject_value,
+                "anonymous_id": subject_value,
+                "email": {**subject_value, "format": "email"},
+                "phone": {**subject_value, "examples": ["+1 415 555 0100"]},
+                "email_sha256": {**sha256_hex, "description": "Hex SHA-256 of the email."},
+                "phone_sha256": {**sha256_hex, "description": "Hex SHA-256 of the phone."},
+            },
+            "minProperties": 1,
+            "maxProperties": 1,
+            "additionalProperties": False,
+        },
+        "ExportedEvent": {
+            "type": "object",
+            "description": "One stored event, one per line of an export (NDJSON).",
+            "required": list(exported_props),
+            "properties": exported_props,
+        },
+        "UserState": {
+            "type": "object",
+            "required": [
+                "user_id",
+                "traits",
+                "events",
+                "first_seen",
+                "last_seen",
+                "traits_updated_at",
+            ],
+            "properties": {
+                "user_id": {"type": "string"},
+                "traits": {
+                    **obj,
+                    "description": "The identify traits merged in arrival order: a later "
+                    "identify overwrites the traits it names.",
+                },
+                "events": {**count, "description": "Stored events of this user."},
+                "first_seen": {**nullable_time, "description": "The earliest event timestamp."},
+                "last_seen": {**nullable_time, "description": "The latest event timestamp."},
+                "traits_updated_at": nullable_time,
+            },
+        },
+        "ErasureReceipt": {
+            "type": "object",
+            "description": "Proof of an erasure that never names the person.",
+            "required": [
+                "id",
+                "project_id",
+                "subject",
+                "request_id",
+                "status",
+                "deleted",
+                "identifiers_suppressed",
+                "requested_at",
+                "completed_at",
+            ],
+            "properties": {
+                "id": uuid_,
+                "project_id": uuid_,
+                "subject": {
+                    "type": "object",
+                    "required": ["kind", "digest"],
+                    "properties": {
+                        "kind": {
+                            "type": "string",
+                            "enum": ["user_id", "anonymous_id", "email", "phone"],
+                        },
+                        "digest": {
+                            "type": "string",
+                            "pattern": "^[0-9a-f]{64}$",
+                            "description": "HMAC-SHA256 under the project's own key: not the "
+                            "identifier, and not found again by hashing guesses.",
+                        },
+                    },
+                },
+                "request_id": nullable_string,
+                "status": {
+                    "type": "string",
+                    "enum": ["running", "completed"],
+                    "description": "An erasure answers when completed; a list may show one "
+                    "still running.",
+                },
+                "deleted": {
+                    "type": "object",
+                    "description": "Rows deleted, per data class: events, message_ids, "
+                    "user_profiles, forward_queue.",
+                    "additionalProperties": count,
+                },
+                "identifiers_suppressed": {
+                    **count,
+                    "description": "User ids, anonymous ids, emails and phones now refused.",
+                },
+                "requested_at": {"type": "string", "format": "date-time"},
+                "completed_at": nullable_time,
+            },
+        },
+        "ErasureList": {
+            "type": "object",
+            "required": ["erasures", "next_cursor"],
+            "properties": {
+                "erasures": {"type": "array", "items": _ref("ErasureReceipt")},
+                "next_cursor": {
+                    **nullable_string,
+                    "description": "Pass as `cursor` for the next (older) page; null at the end.",
+                },
+            },
+        },
         "Status": {
             "type": "object",
             "required": ["status"],
@@ -474,6 +799,9 @@ def _components() -> dict[str, Any]:
         }
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        if status == 409:
+            # Only idempotency-in-flight carries it.
+            response["headers"] = {"Retry-After": {**retry_after, "required": False}}
         if status == 429:
             response["headers"] = {"Retry-After": retry_after, "X-RateLimit-Reset": retry_after}
         if status == 503:
@@ -503,6 +831,391 @@ def _components() -> dict[str, Any]:
         "schemas": _schemas(),
         "responses": responses,
     }
+
+
+def _partner_paths() -> dict[str, Any]:
+    """The partner routes (ingest/manage.py, ingest/subjects.py): an organization secret key."""
+    secret = '-H "Authorization: Bearer $SECRET_KEY"'  # noqa: S105  # a shell variable's name
+    # A retry-safe call: the same Idempotency-Key within 24 h gets the first answer again.
+    retry_safe = f'{secret} \\\n  -H "Idempotency-Key: $(uuidgen)"'
+    idempotency_key = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "8 to 255 visible ASCII characters, optionally quoted (a UUID is "
+        "ideal). The same key with the same method, path and body within 24 h replays the "
+        "first answer (`Idempotent-Replayed: true`); with another request: 422; while the "
+        "first still runs: 409; when the first issued a key: 409 key-already-issued. A "
+        "failed request keeps nothing.",
+        "schema": {"type": "string", "pattern": "^[!-~]{8,255}$"},
+    }
+
+    def path_id(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+
+    project_id = path_id("project_id", "The project (one of the key's organization).")
+    key_id = path_id("key_id", "The key's `id`.")
+    user_id = {
+        "name": "user_id",
+        "in": "path",
+        "required": True,
+        "description": "The user id, URL-encoded. One holding `/` cannot be a path segment: "
+        "use the POST routes with `user_id` in the body.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^/]+$"},
+    }
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": "Entries per page, 1 to 200 (default 50).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    }
+    cursor = {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "description": "The `next_cursor` of the previous page; anything else is a 400.",
+        "schema": {"type": "string"},
+    }
+
+    def read(
+        summary: str,
+        description: str,
+        tag: str,
+        schema: dict[str, Any],
+        answer: str,
+        curl: str,
+        parameters: list[Any],
+        errors: tuple[int, ...] = (),
+    ) -> dict[str, Any]:
+        return _operation(
+            summary,
+            description,
+            tag,
+            SECRET_KEY,
+            _responses(200, schema, answer, (*PARTNER_READ_ERRORS, *errors)),
+            _curl("GET", curl, secret, None),
+            parameters=parameters,
+        )
+
+    def write(
+        method: str,
+        summary: str,
+        description: str,
+        tag: str,
+        responses: Any,
+        curl: tuple[str, str | None],
+        parameters: list[Any],
+        request_body: Any = None,
+    ) -> dict[str, Any]:
+        path, body = curl
+        return _operation(
+            summary,
+            description,
+            tag,
+            SECRET_KEY,
+            responses,
+            _curl(method, path, retry_safe if method == "POST" else secret, body),
+            request_body,
+            [*parameters, idempotency_key],
+        )
+
+    def answer(status: int, schema: dict[str, Any], text: str, errors: tuple[int, ...]) -> Any:
+        return _replayable(_responses(status, schema, text, errors))
+
+    def export_answer(text: str, errors: tuple[int, ...]) -> Any:
+        out = _responses(200, {}, text, errors)
+        out["200"]["content"] = {
+            NDJSON: {
+                "schema": {
+                    "type": "string",
+                    "description": "One ExportedEvent JSON object per line, oldest first "
+                    "(received_at, message_id); empty when there is none.",
+                }
+            }
+        }
+        return out
+
+    paths: dict[str, Any] = {}
+    paths["/v1/projects"] = {
+        "get": read(
+            "List projects",
+            "Every project of the key's organization, oldest first.",
+            "Projects",
+            _ref("ProjectList"),
+            "The projects.",
+            "/v1/projects",
+            [],
+        ),
+        "post": write(
+            "POST",
+            "Create a project",
+            "A new project of the key's organization, with its first write key (its secret is "
+            "in this answer only). Audited: project.create, key.create.",
+            "Projects",
+            answer(
+                201, _ref("ProjectCreated"), "The project and its write key.", PARTNER_BODY_ERRORS
+            ),
+            ("/v1/projects", '{"name":"iOS app","default_country":"US"}'),
+            [],
+            _json_body(_ref("ProjectCreate")),
+        ),
+    }
+    # The keys of a project, then the organization's own secret keys: the same four routes.
+    for prefix, scope, tag, params in (
+        ("/v1/projects/{project_id}", "the project's write keys", "Projects", [project_id]),
+        ("", "the organization's secret keys", "Keys", []),
+    ):
+        is_write = bool(prefix)
+        base = f"{prefix}/keys" if is_write else "/v1/keys"
+        shown_base = base.replace("{project_id}", "$PROJECT_ID")
+        not_found = (404,) if is_write else ()
+        paths[base] = {
+            "get": read(
+                "List write keys" if is_write else "List secret keys",
+                f"Every one of {scope}, with its status (`active`, `expiring` after a rotation "
+                "with grace, `revoked`); never the key itself.",
+                tag,
+                _ref("KeyList"),
+                "The keys.",
+                shown_base,
+                params,
+                not_found,
+            ),
+            "post": write(
+                "POST",
+                "Issue a write key" if is_write else "Issue a secret key",
+                (
+                    "Another write key for the project; `server_side` marks one whose "
+                    "`context.ip` is trusted. The body may be empty."
+                    if is_write
+                    else "Another secret key for the organization. The body is empty or `{}`."
+                )
+                + " The key is in this answer only. Audited: key.create.",
+                tag,
+                answer(
+                    201,
+                    _ref("KeyCreated") if is_write else _ref("IssuedKey"),
+                    "The key (shown once).",
+                    PARTNER_BODY_ERRORS,
+                ),
+                (shown_base, '{"server_side":true}' if is_write else "{}"),
+                params,
+                _json_body(
+                    _ref("KeyCreate") if is_write else _ref("SecretKeyCreate"), required=False
+                ),
+            ),
+        }
+        paths[f"{base}/{{key_id}}"] = {
+            "delete": write(
+                "DELETE",
+                "Revoke a write key" if is_write else "Revoke a secret key",
+                "Refused everywhere within the key cache TTL (1 s). Revoking a revoked key "
+                "answers 200 again"
+                + (
+                    "."
+                    if is_write
+                    else "; revoking the organization's last working secret key is a 409 "
+                    "conflict (issue another first)."
+                )
+                + " Audited: key.revoke.",
+                tag,
+                answer(200, _ref("KeyInfo"), "The key, `revoked`.", (*PARTNER_WRITE_ERRORS, 404)),
+                (f"{shown_base}/$KEY_ID", None),
+                [*params, key_id],
+            )
+        }
+        paths[f"{base}/{{key_id}}/rotate"] = {
+            "post": write(
+                "POST",
+                "Rotate a write key" if is_write else "Rotate a secret key",
+                "Issue the key's successor (shown once). The old key keeps working for "
+                "`grace_seconds` (default 0: refused at once), then is refused with 401. "
+                "Rotating a revoked key is a 404. Audited: key.rotate, key.create.",
+                tag,
+                answer(
+                    201,
+                    _ref("KeyRotated"),
+                    "The new key, and the old one as `replaces`.",
+                    (*PARTNER_BODY_ERRORS, 404),
+                ),
+                (f"{shown_base}/$KEY_ID/rotate", '{"grace_seconds":86400}'),
+                [*params, key_id],
+                _json_body(_ref("KeyRotate"), required=False),
+            )
+        }
+    paths["/v1/audit-log"] = {
+        "get": read(
+            "Read the audit log",
+            "The organization's audit log, newest first, kept forever. Each entry names the "
+            "secret key and the request (`X-Request-Id`) that did it; a data subject appears "
+            "only as a keyed digest.",
+            "Audit",
+            _ref("AuditLog"),
+            "A page of entries.",
+            "/v1/audit-log?action=subject.erase&limit=100",
+            [
+                limit,
+                cursor,
+                {
+                    "name": "action",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only entries of this action.",
+                    "schema": {"type": "string", "enum": list(AUDIT_ACTIONS)},
+                },
+                {
+                    "name": "key_id",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only entries made with this secret key.",
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+            ],
+            (400,),
+        )
+    }
+    subject_body = _json_body(_ref("SubjectRequest"), text=False)
+    users = "/v1/projects/$PROJECT_ID/events/users/$USER_ID"
+    paths["/v1/projects/{project_id}/events/users/{user_id}"] = {
+        "get": _operation(
+            "Export a user's events",
+            "Every stored event of the user, as NDJSON, oldest first, streamed. A user with "
+            "nothing (or erased) is a 200 with an empty body. Audited: subject.export.",
+            "Data subjects",
+            SECRET_KEY,
+            export_answer("The events (NDJSON).", (*PARTNER_READ_ERRORS, 404)),
+            _curl("GET", users, secret, None),
+            parameters=[project_id, user_id],
+        ),
+        "delete": write(
+            "DELETE",
+            "Erase a user",
+            "Delete the user's events, the events of the anonymous ids, emails and phones "
+            "their events link to (one hop), their current state and message ids; then "
+            "suppress every one of those identifiers: later events naming one are answered "
+            "200 and not stored. Audited: subject.erase.",
+            "Data subjects",
+            answer(200, _ref("ErasureReceipt"), "The receipt.", (*PARTNER_WRITE_ERRORS, 404)),
+            (users, None),
+            [project_id, user_id],
+        ),
+    }
+    paths["/v1/projects/{project_id}/users/{user_id}"] = {
+        "get": read(
+            "Read a user's current state",
+            "The identify traits merged in arrival order, the number of events, first and "
+            "last seen. 404 when the project holds nothing about the user.",
+            "Data subjects",
+            _ref("UserState"),
+            "The user's state.",
+            "/v1/projects/$PROJECT_ID/users/$USER_ID",
+            [project_id, user_id],
+            (404,),
+        )
+    }
+    paths["/v1/projects/{project_id}/events/export"] = {
+        "post": _operation(
+            "Export a person's events",
+            "Every event carrying the identifier named in the body, as NDJSON (like the user "
+            "export, for an anonymous id, email or phone, raw or hashed). Not cached under "
+            "`Idempotency-Key`: it is safe to repeat. Audited: subject.export.",
+            "Data subjects",
+            SECRET_KEY,
+            export_answer("The events (NDJSON).", (*PARTNER_BODY_ERRORS, 404)),
+            _curl(
+                "POST",
+                "/v1/projects/$PROJECT_ID/events/export",
+                secret,
+                '{"email":"ann@example.com"}',
+            ),
+            subject_body,
+            [project_id, idempotency_key],
+        )
+    }
+    paths["/v1/projects/{project_id}/events/erase"] = {
+        "post": write(
+            "POST",
+            "Erase a person",
+            "Erase the person the identifier in the body names, exactly as the user erasure "
+            "does (one hop of linked identifiers, then suppression). Audited: subject.erase.",
+            "Data subjects",
+            answer(200, _ref("ErasureReceipt"), "The receipt.", (*PARTNER_BODY_ERRORS, 404)),
+            ("/v1/projects/$PROJECT_ID/events/erase", '{"phone":"+1 415 555 0100"}'),
+            [project_id],
+            subject_body,
+        )
+    }
+    paths["/v1/projects/{project_id}/erasures"] = {
+        "get": read(
+            "List erasure receipts",
+            "The project's erasures, newest first: the list to re-run after restoring a "
+            "backup taken before them.",
+            "Data subjects",
+            _ref("ErasureList"),
+            "A page of receipts.",
+            "/v1/projects/$PROJECT_ID/erasures",
+            [project_id, limit, cursor],
+            (400, 404),
+        )
+    }
+    paths["/v1/projects/{project_id}/erasures/{erasure_id}"] = {
+        "get": read(
+            "Read an erasure receipt",
+            "One receipt, by the `id` the erasure answered with.",
+            "Data subjects",
+            _ref("ErasureReceipt"),
+            "The receipt.",
+            "/v1/projects/$PROJECT_ID/erasures/$ERASURE_ID",
+            [project_id, path_id("erasure_id", "The receipt's `id`.")],
+            (404,),
+        )
+    }
+    # Last of all: Schemathesis runs the operations in this order, and DELETE removes the
+    # project the others are aimed at.
+    paths["/v1/projects/{project_id}"] = {
+        "get": read(
+            "Read a project",
+            "One project of the key's organization.",
+            "Projects",
+            _ref("Project"),
+            "The project.",
+            "/v1/projects/$PROJECT_ID",
+            [project_id],
+            (404,),
+        ),
+        "patch": write(
+            "PATCH",
+            "Change a project",
+            "Change its name, default country, origin allow-list or retention; absent fields "
+            "are unchanged, null clears (not the retention days, which cannot be null). "
+            "Audited: project.update.",
+            "Projects",
+            answer(200, _ref("Project"), "The project.", (*PARTNER_BODY_ERRORS, 404)),
+            ("/v1/projects/$PROJECT_ID", '{"allowed_origins":["https://shop.example.com"]}'),
+            [project_id],
+            _json_body(_ref("ProjectPatch")),
+        ),
+        "delete": write(
+            "DELETE",
+            "Delete a project",
+            "Delete the project and all of its data: events, message ids, current state, "
+            "suppressions, erasure receipts and keys. Its write keys are refused within the "
+            "key cache TTL (1 s); events still sent with them meanwhile are acknowledged and "
+            "not stored. Audited: project.delete (the audit log keeps it).",
+            "Projects",
+            answer(200, _ref("ProjectDeleted"), "What was deleted.", (*PARTNER_WRITE_ERRORS, 404)),
+            ("/v1/projects/$PROJECT_ID", None),
+            [project_id],
+        ),
+    }
+    return paths
 
 
 def _paths() -> dict[str, Any]:
@@ -657,57 +1370,7 @@ def _paths() -> dict[str, Any]:
                     [compression, sent],
                 )
             }
-    project_id = {
-        "name": "project_id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "format": "uuid"},
-    }
-    secret = '-H "Authorization: Bearer $SECRET_KEY"'  # noqa: S105  # a shell variable's name
-    paths["/v1/projects"] = {
-        "post": _operation(
-            "Create a project",
-            "A new project of the key's organization, with its first write key.",
-            "Projects",
-            SECRET_KEY,
-            _responses(
-                201, _ref("ProjectCreated"), "The project and its write key.", (PARTNER_ERRORS)
-            ),
-            _curl("POST", "/v1/projects", secret, '{"name":"iOS app","default_country":"US"}'),
-            _json_body(_ref("ProjectCreate")),
-        )
-    }
-    paths["/v1/projects/{project_id}"] = {
-        "patch": _operation(
-            "Change a project",
-            "Change its name, default country, origin allow-list or retention; absent fields "
-            "are unchanged, null clears (not the retention days, which cannot be null). Another "
-            "organization's project answers 404.",
-            "Projects",
-            SECRET_KEY,
-            _responses(200, _ref("Project"), "The project.", PARTNER_PROJECT_ERRORS),
-            _curl(
-                "PATCH",
-                "/v1/projects/$PROJECT_ID",
-                secret,
-                '{"allowed_origins":["https://shop.example.com"]}',
-            ),
-            _json_body(_ref("ProjectPatch")),
-            [project_id],
-        )
-    }
-    paths["/v1/projects/{project_id}/keys"] = {
-        "post": _operation(
-            "Issue a write key",
-            "Another write key for the project. The body may be empty.",
-            "Projects",
-            SECRET_KEY,
-            _responses(201, _ref("KeyCreated"), "The key (shown once).", PARTNER_PROJECT_ERRORS),
-            _curl("POST", "/v1/projects/$PROJECT_ID/keys", secret, '{"server_side":true}'),
-            _json_body(_ref("KeyCreate"), required=False),
-            [project_id],
-        )
-    }
+    paths |= _partner_paths()
     status_ok = {"200": {"description": "OK.", "content": {JSON: {"schema": _ref("Status")}}}}
     paths["/healthz"] = {
         "get": _operation(
@@ -781,7 +1444,19 @@ def document() -> dict[str, Any]:
             {"name": "Events", "description": "The native write API."},
             {"name": "Segment", "description": "Segment's Tracking API, for the Segment SDKs."},
             {"name": "PostHog", "description": "PostHog's capture API, for the PostHog SDKs."},
-            {"name": "Projects", "description": "Partner routes, with an organization secret key."},
+            {
+                "name": "Projects",
+                "description": "Partner routes, with an organization secret key: projects and "
+                "their write keys. Every POST, PATCH and DELETE of a partner route honours "
+                "`Idempotency-Key`.",
+            },
+            {"name": "Keys", "description": "The organization's own secret keys."},
+            {"name": "Audit", "description": "Who did what with the organization's keys."},
+            {
+                "name": "Data subjects",
+                "description": "Access, current state and erasure of one person's data "
+                "(GDPR articles 15, 17 and 20).",
+            },
             {"name": "Operations", "description": "Health, readiness, metrics, this document."},
         ],
         "paths": _paths(),
