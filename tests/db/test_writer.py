@@ -54,9 +54,7 @@ async def store(db_dsn: str) -> AsyncIterator[Store]:
     # The writer drops rows of a project that does not exist (a deleted one): PROJECT must.
     async with pool.acquire() as conn:
         await conn.execute("INSERT INTO organizations (id, name) VALUES ($1, 'o')", PROJECT)
-        await conn.execute(
-            "INSERT INTO projects (id, org_id, name) VALUES ($1, $1, 'p')", PROJECT
-        )
+        await conn.execute("INSERT INTO projects (id, org_id, name) VALUES ($1, $1, 'p')", PROJECT)
     yield store
     await pool.close()
 
@@ -132,7 +130,7 @@ class TestDeletedProjects:
         live = rows(2)
         gone = [(uuid.uuid4(), *row[1:]) for row in rows(2)]
         results = await asyncio.gather(writer.submit(live), writer.submit(gone))
-        assert results == [[Outcome.STORED] * 2, [Outcome.SUPPRESSED] * 2]
+        assert list(results) == [[Outcome.STORED] * 2, [Outcome.SUPPRESSED] * 2]
         assert await conn.fetchval("SELECT count(*) FROM events") == 2
         assert await conn.fetchval("SELECT count(*) FROM event_dedup") == 2
 
