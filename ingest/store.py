@@ -226,14 +226,6 @@ _UPDATE_PROJECT: Final = """
               events_retention_days, dedup_window_days
 """
 
-_INSERT_DEDUP: Final = """
-    INSERT INTO event_dedup (project_id, message_id, received_at)
-    SELECT *
-    FROM unnest($1::uuid[], $2::text[], $3::timestamptz[])
-    ON CONFLICT DO NOTHING
-    RETURNING project_id, message_id
-"""
-
 
 class Fate(StrEnum):
     """What the writer's transaction did with one row."""
@@ -265,28 +257,16 @@ _SUBJECT_COLUMNS: Final = tuple(
 # deletion takes it exclusively for an instant (a barrier), see Store.insert_events.
 SUBJECT_LOCK: Final = 7230010
 
-_LOCK_PROJECTS_SHARED: Final = """
-    SELECT count(pg_advisory_xact_lock_shared($2::integer, hashtext(p::text)))
-    FROM unnest($1::uuid[]) AS p
+_CLAIM_EVENTS: Final = """
+    SELECT kind, idx, project, message
+    FROM ingest_claim_events($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[],
+                             $5::integer[], $6::bytea[], $7::integer)
 """
+
+_PROJECT_KEYS: Final = "SELECT id, pseudonym_key FROM projects WHERE id = ANY($1::uuid[])"
+_KEY_CACHE_MAX: Final = 100_000
 
 _SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
-
-_PROJECT_GUARDS: Final = """
-    SELECT p.id,
-           CASE WHEN EXISTS (SELECT 1 FROM suppressions AS s WHERE s.project_id = p.id)
-                THEN p.pseudonym_key
-           END AS suppression_key
-    FROM projects AS p
-    WHERE p.id = ANY($1::uuid[])
-"""
-
-_SUPPRESSED: Final = """
-    SELECT digest
-    FROM suppressions
-    WHERE project_id = $1
-      AND digest = ANY($2::bytea[])
-"""
 
 _UPSERT_PROFILES: Final = """
     INSERT INTO user_profiles AS u (project_id, user_id, traits, created_at, updated_at)
@@ -1006,6 +986,7 @@ def _project(row: asyncpg.Record) -> Project:
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self.writes = EventWrites()
 
     async def ping(self) -> None:
         async with self.pool.acquire() as conn:
@@ -1689,40 +1670,44 @@ class Store:
             rows = await conn.fetch(_LIST_ERASURES, project_id, org_id, *start, limit)
         return [_receipt(row) for row in rows]
 
-    # -- the write path (called by writer.Writer only) ------------------------------------------
 
-    @staticmethod
-    async def insert_events(conn: Connection, rows: Sequence[Row]) -> list[Fate]:
+class EventWrites:
+    """The writer's transaction. Keeps, per process, what never changes or only grows: the
+    projects' pseudonym keys, and which projects have suppressions (so that the usual batch,
+    for projects with none, costs no keyed digest at all)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[uuid.UUID, bytes] = {}
+        self._suppressing: set[uuid.UUID] = set()
+
+    async def insert_events(self, conn: Connection, rows: Sequence[Row]) -> list[Fate]:
         """Store rows not seen before in one transaction, unless their project is gone or they
         name a suppressed person; update the current state of identified users. Per row, its
         fate. Raises on any database error.
 
-        The shared per-project lock is what an erasure waits on (Store.erase_subject): once the
-        erasure's suppressions are committed and it has held the lock, every later transaction
-        here sees them, and every earlier one has committed rows the erasure's DELETE sees.
+        The claim (ingest_claim_events, sql/0004) first takes a shared per-project lock, which
+        is what an erasure waits on (Store.erase_subject): once the erasure's suppressions are
+        committed and it has held the lock, every later claim sees them, and every earlier one
+        has committed rows that the erasure's DELETE sees.
         """
-        projects = sorted({row[0] for row in rows})
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
         async with conn.transaction():
-            await conn.execute(_LOCK_PROJECTS_SHARED, projects, SUBJECT_LOCK)
-            # A separate statement: its snapshot is taken after the locks were granted.
-            guards = await conn.fetch(_PROJECT_GUARDS, projects)
-            live = {g["id"] for g in guards}
-            dropped: set[int] = {i for i, row in enumerate(rows) if row[0] not in live}
-            for guard in guards:
-                if guard["suppression_key"] is not None:
-                    dropped |= await _suppressed_rows(
-                        conn, rows, guard["id"], guard["suppression_key"]
-                    )
-            claim = [i for i in order if i not in dropped]
-            claimed = await conn.fetch(
-                _INSERT_DEDUP,
-                [rows[i][0] for i in claim],
-                [rows[i][2] for i in claim],
-                [rows[i][1] for i in claim],
-            )
-            fresh = {(r["project_id"], r["message_id"]) for r in claimed}
+            while True:
+                claim = await conn.fetch(
+                    _CLAIM_EVENTS,
+                    [rows[i][0] for i in order],
+                    [rows[i][2] for i in order],
+                    [rows[i][1] for i in order],
+                    *await self._digests(conn, rows, order),
+                    SUBJECT_LOCK,
+                )
+                need = {r["project"] for r in claim if r["kind"] == "need_digests"}
+                if not need:
+                    break
+                self._suppressing |= need  # suppressions are kept until the project goes
+            dropped = {order[r["idx"] - 1] for r in claim if r["kind"] == "dropped"}
+            fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
             fates: list[Fate] = []
             records: list[Row] = []
             for index, row in enumerate(rows):
@@ -1740,23 +1725,33 @@ class Store:
                 await _update_profiles(conn, records)
         return fates
 
-
-async def _suppressed_rows(
-    conn: Connection, rows: Sequence[Row], project_id: uuid.UUID, key: bytes
-) -> set[int]:
-    """The indexes of ``project_id``'s rows that carry an identifier of an erased person."""
-    by_digest: dict[bytes, list[int]] = {}
-    for index, row in enumerate(rows):
-        if row[0] != project_id:
-            continue
-        for kind, column in _SUBJECT_COLUMNS:
-            value = row[column]
-            if value is not None:
-                by_digest.setdefault(pseudonyms.digest(key, kind, value), []).append(index)
-    if not by_digest:
-        return set()
-    hits = await conn.fetch(_SUPPRESSED, project_id, list(by_digest))
-    return {index for hit in hits for index in by_digest[hit["digest"]]}
+    async def _digests(
+        self, conn: Connection, rows: Sequence[Row], order: Sequence[int]
+    ) -> tuple[list[uuid.UUID], list[int], list[bytes]]:
+        """(projects given digests, 1-based positions in ``order``, keyed digests) for the
+        rows of projects known to have suppressions."""
+        projects = sorted({rows[i][0] for i in order} & self._suppressing)
+        if not projects:
+            return [], [], []
+        missing = [p for p in projects if p not in self._keys]
+        if missing:
+            if len(self._keys) > _KEY_CACHE_MAX:
+                self._keys.clear()
+            for r in await conn.fetch(_PROJECT_KEYS, missing):
+                self._keys[r["id"]] = bytes(r["pseudonym_key"])
+        positions: list[int] = []
+        digests: list[bytes] = []
+        for position, index in enumerate(order, start=1):
+            row = rows[index]
+            key = self._keys.get(row[0])
+            if key is None or row[0] not in self._suppressing:
+                continue
+            for kind, column in _SUBJECT_COLUMNS:
+                value = row[column]
+                if value is not None:
+                    positions.append(position)
+                    digests.append(pseudonyms.digest(key, kind, value))
+        return projects, positions, digests
 
 
 async def _update_profiles(conn: Connection, records: Sequence[Row]) -> None:

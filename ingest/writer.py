@@ -196,7 +196,7 @@ class Writer:
         try:
             async with asyncio.timeout(self._timeout):
                 conn = await lease.get()
-                return await self._store.insert_events(conn, rows)
+                return await self._store.writes.insert_events(conn, rows)
         except _TRANSIENT:
             # The connection's state is unknown (killed, timed out mid-COPY): never reuse it.
             await lease.drop()

@@ -13,7 +13,7 @@ C. measures the raw binary COPY rate of equivalent rows (built by ``ingest.event
    from the same events the Lua script sends) into the same ``events`` table of the same
    database, from as many concurrent asyncpg connections, one transaction per COPY, with
    ``synchronous_commit`` on: 1 row per transaction and 100 rows per transaction; and, for the
-   diagnosis, ``Store.insert_events`` (the service's own transaction: dedup claim + COPY).
+   diagnosis, ``EventWrites.insert_events`` (the service's own transaction: claim + COPY).
 
 After every phase the rows in ``events`` must equal the events acknowledged; otherwise it prints
 MISMATCH and exits 1. It prints a table with events/s, latency percentiles, errors, rows, and
@@ -54,7 +54,7 @@ import asyncpg
 
 from ingest.config import Settings
 from ingest.events import COLUMNS, EventParser, Limits, Row, Source
-from ingest.store import Store, init_connection
+from ingest.store import EventWrites, init_connection
 
 HERE: Final = Path(__file__).resolve().parent
 LUA_SCRIPT: Final = HERE / "events.lua"
@@ -827,7 +827,7 @@ async def copy_rate(
     """``connections`` connections, each writing ``batch`` rows per transaction for ``seconds``.
 
     mode "copy": one binary COPY per transaction (autocommit: the COPY is the transaction).
-    mode "store": ``Store.insert_events``, the service's transaction (dedup claim, then COPY).
+    mode "store": ``EventWrites.insert_events``, the service's transaction (claim, then COPY).
     """
     conns = await asyncio.gather(
         *(asyncpg.connect(dsn, timeout=30) for _ in range(connections)), return_exceptions=True
@@ -843,6 +843,7 @@ async def copy_rate(
         end = 0.0
         latencies: list[list[float]] = [[] for _ in opened]
         written = [0] * len(opened)
+        writes = EventWrites()
 
         async def loop(i: int, conn: asyncpg.Connection) -> None:
             seq = 0
@@ -860,7 +861,7 @@ async def copy_rate(
                 if mode == "copy":
                     await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
                 else:
-                    await Store.insert_events(conn, rows)
+                    await writes.insert_events(conn, rows)
                 lat.append(time.perf_counter() - started)
                 written[i] += batch
 
@@ -930,8 +931,8 @@ def _package(function: str) -> str:
 PHASES: Final = (
     ("garbage collector (native frames only)", ("gc_collect",), False),
     (
-        "writer: Store.insert_events (BEGIN, dedup claim, COPY, COMMIT)",
-        ("Store.insert_events",),
+        "writer: EventWrites.insert_events (BEGIN, claim, COPY, COMMIT)",
+        ("EventWrites.insert_events",),
         False,
     ),
     ("writer: pool acquire/release (asyncpg reset query)", ("Writer._insert", "pool.py)"), False),

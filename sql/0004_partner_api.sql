@@ -123,3 +123,83 @@ CREATE TABLE project_deletions (
     org_id        uuid NOT NULL,
     requested_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The writer's claim, in one round trip: take the shared per-project locks an erasure's barrier
+-- waits on; then (each statement of a volatile function sees what committed before it
+-- started, so after the locks) drop the rows of deleted projects and of suppressed people, and
+-- claim the others' message ids. The caller passes keyed digests only for the projects it
+-- knows to have suppressions; a project that has some and got none comes back as
+-- 'need_digests' and nothing is claimed, so the caller retries with them.
+-- Rows: 'need_digests' (project), 'dropped' (idx, 1-based), 'claimed' (project, message).
+CREATE FUNCTION ingest_claim_events(
+    row_projects uuid[],
+    row_message_ids text[],
+    row_received_at timestamptz[],
+    digest_projects uuid[],
+    digest_rows integer[],
+    digest_values bytea[],
+    lock_class integer
+)
+RETURNS TABLE (kind text, idx integer, project uuid, message text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    gone uuid[];
+    dropped integer[] := '{}';
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(lock_class, hashtext(x.p::text))
+    FROM (SELECT DISTINCT u.p FROM unnest(row_projects) AS u(p) ORDER BY u.p) AS x;
+
+    RETURN QUERY
+    SELECT 'need_digests'::text, NULL::integer, x.p, NULL::text
+    FROM (SELECT DISTINCT u.p FROM unnest(row_projects) AS u(p)) AS x
+    WHERE x.p <> ALL (digest_projects)
+      AND EXISTS (SELECT 1 FROM suppressions AS s WHERE s.project_id = x.p);
+    IF FOUND THEN
+        RETURN;
+    END IF;
+
+    -- The usual batch names live projects and no suppressed person: then this is the plain
+    -- dedup claim, with no per-row work added.
+    gone := ARRAY(
+        SELECT x.p
+        FROM (SELECT DISTINCT u.p FROM unnest(row_projects) AS u(p)) AS x
+        WHERE NOT EXISTS (SELECT 1 FROM projects AS pr WHERE pr.id = x.p)
+    );
+    IF cardinality(gone) > 0 THEN
+        dropped := ARRAY(
+            SELECT u.i::integer
+            FROM unnest(row_projects) WITH ORDINALITY AS u(p, i)
+            WHERE u.p = ANY (gone)
+        );
+    END IF;
+    IF cardinality(digest_rows) > 0 THEN
+        dropped := dropped || ARRAY(
+            SELECT DISTINCT d.i
+            FROM unnest(digest_rows, digest_values) AS d(i, v)
+            WHERE EXISTS (
+                SELECT 1
+                FROM suppressions AS s
+                WHERE s.project_id = row_projects[d.i]
+                  AND s.digest = d.v
+            )
+        );
+    END IF;
+
+    RETURN QUERY
+    SELECT 'dropped'::text, x.i, NULL::uuid, NULL::text FROM unnest(dropped) AS x(i);
+
+    RETURN QUERY
+    WITH claimed AS (
+        INSERT INTO event_dedup AS e (project_id, message_id, received_at)
+        SELECT u.p, u.m, u.t
+        FROM unnest(row_projects, row_message_ids, row_received_at) WITH ORDINALITY
+            AS u(p, m, t, i)
+        WHERE cardinality(dropped) = 0 OR u.i <> ALL (dropped)
+        ON CONFLICT DO NOTHING
+        RETURNING e.project_id, e.message_id
+    )
+    SELECT 'claimed'::text, NULL::integer, c.project_id, c.message_id FROM claimed AS c;
+END;
+$$;

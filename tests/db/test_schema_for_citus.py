@@ -142,7 +142,6 @@ def test_statements_reading_two_tables_are_reviewed() -> None:
             tables[name] = named
     assert tables == {
         "_FIND_KEY": {"api_keys", "projects"},
-        "_PROJECT_GUARDS": {"projects", "suppressions"},
         "_EVENT_PARTITIONS": {"pg_inherits", "pg_class"},
     }
 
