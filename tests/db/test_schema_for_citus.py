@@ -1,10 +1,14 @@
 """The schema can be distributed with Citus without changing a query (see docs/scaling.md):
 project data on project_id, organization data on org_id. Checked on the migrated catalog and on
-the SQL in ingest/store.py."""
+the SQL in every module of the ingest/store package."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 
@@ -114,12 +118,31 @@ async def test_no_foreign_key_joins_two_distributed_tables_off_project_id(
     assert into_distributed == {("api_keys", "projects")}
 
 
+def _constants() -> Iterator[tuple[str, Any]]:
+    """Every constant (upper-case or private name) of every module of the store package. A
+    name that one module imports from another is yielded once; no two modules define one name."""
+    seen: dict[str, Any] = {}
+    modules = [store] + [
+        importlib.import_module(f"{store.__name__}.{module.name}")
+        for module in pkgutil.iter_modules(store.__path__)
+    ]
+    for module in modules:
+        for name, value in vars(module).items():
+            if name.startswith("__"):  # the module's own attributes: __doc__, __file__, ...
+                continue
+            if not name.startswith("_") and not name.isupper():
+                continue
+            if name in seen:
+                assert value is seen[name], f"{name} is defined twice in {store.__name__}"
+                continue
+            seen[name] = value
+            yield name, value
+
+
 def _statements() -> dict[str, str]:
-    """Every SQL string of store.py, by constant name (strings in tuples and dicts too)."""
+    """Every SQL string of the store, by constant name (strings in tuples and dicts too)."""
     found: dict[str, str] = {}
-    for name, value in vars(store).items():
-        if not name.startswith("_") and not name.isupper():
-            continue
+    for name, value in _constants():
         if isinstance(value, str):
             found[name] = value
         elif isinstance(value, tuple | dict):
@@ -146,7 +169,7 @@ def test_statements_reading_two_tables_are_reviewed() -> None:
     }
 
 
-# "FROM a AS x [LEFT] JOIN b AS y ON <condition>" in a query constant of store.py.
+# "FROM a AS x [LEFT] JOIN b AS y ON <condition>" in a query constant of the store.
 _JOIN = re.compile(
     r"FROM\s+(\w+)\s+AS\s+(\w+)\s+(?:LEFT\s+)?JOIN\s+(\w+)\s+AS\s+(\w+)\s+ON\s+([^\n]+)",
     re.IGNORECASE,
@@ -156,8 +179,7 @@ _JOIN = re.compile(
 def test_store_joins_distributed_tables_only_on_the_project() -> None:
     queries = {
         name: value
-        for name, value in vars(store).items()
-        if name.isupper() or name.startswith("_")
+        for name, value in _constants()
         if isinstance(value, str) and re.search(r"\bJOIN\b", value, re.IGNORECASE)
     }
     joins = {}

@@ -1,0 +1,111 @@
+"""What every module of the store shares: the pool, its jsonb codec, transient errors."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+import orjson
+
+# A pooled connection or a plain one: every method here works on both.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+# Errors that say nothing about the statement: the connection or the server is away, busy or
+# restarting. Callers answer 503 (retry) for these, never 500.
+TRANSIENT_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection killed mid-protocol (pg_terminate_backend)
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+# Parameters that would break "a 200 means committed" (RELIABILITY B8).
+DURABILITY_SETTINGS: Final = ("fsync", "synchronous_commit", "full_page_writes")
+
+
+def _encode_jsonb(value: bytes | Any) -> bytes:
+    # jsonb's binary format is a version byte (1) then the JSON text. Rows arrive already
+    # encoded by events.py, so the COPY path never serialises twice.
+    if isinstance(value, bytes):
+        return b"\x01" + value
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def init_connection(conn: Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, connect_timeout: float
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        # Connect attempts fail fast when the database is away, so callers answer 503 quickly.
+        timeout=connect_timeout,
+        server_settings={"application_name": "ingest"},
+    )
+    assert pool is not None  # noqa: S101  # create_pool returns None only when not awaited
+    return pool
+
+
+def _one(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a statement always returns (an UPDATE of a row locked before it, an aggregate)."""
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return row
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class StoreBase:
+    """The pool every mixin of Store runs its statements on."""
+
+    pool: asyncpg.Pool
+
+    async def ping(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def durability_settings(self) -> dict[str, str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+                list(DURABILITY_SETTINGS),
+            )
+        return {r["name"]: r["setting"] for r in rows}
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        """A read, retried once on a fresh connection: after a database restart every pooled
+        connection is stale, and a read is always safe to repeat."""
+        try:
+            async with self.pool.acquire() as conn:
+                return await conn.fetchrow(query, *args)
+        except TRANSIENT_ERRORS:
+            async with self.pool.acquire() as conn:
+                return await conn.fetchrow(query, *args)

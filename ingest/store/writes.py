@@ -1,0 +1,177 @@
+"""The writer's transaction: claim, suppression check, COPY and profile upsert per batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+import orjson
+
+from ingest import pseudonyms
+from ingest.events import COLUMNS, Row
+from ingest.pseudonyms import Kind
+from ingest.store._db import Connection
+
+
+class Fate(StrEnum):
+    """What the writer's transaction did with one row."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # its (project, message_id) was stored before
+    SUPPRESSED = "suppressed"  # it names an erased person, or its project was deleted
+
+
+# Positions in a Row (events.COLUMNS).
+_RECEIVED_AT: Final = COLUMNS.index("received_at")
+_TYPE: Final = COLUMNS.index("type")
+_USER_ID: Final = COLUMNS.index("user_id")
+_TRAITS: Final = COLUMNS.index("traits")
+# The identifiers of a row that a suppression can name, with their kind.
+_SUBJECT_COLUMNS: Final = tuple(
+    (kind, COLUMNS.index(column))
+    for kind, column in (
+        (Kind.USER_ID, "user_id"),
+        (Kind.ANONYMOUS_ID, "anonymous_id"),
+        (Kind.EMAIL, "email_sha256"),
+        (Kind.EMAIL, "email_google_sha256"),
+        (Kind.PHONE, "phone_sha256"),
+        (Kind.PHONE, "phone_e164_sha256"),
+    )
+)
+
+# Advisory lock class of a project's subjects: writers hold it shared, an erasure or a project
+# deletion takes it exclusively for an instant (a barrier), see EventWrites.insert_events.
+SUBJECT_LOCK: Final = 7230010
+
+_CLAIM_EVENTS: Final = """
+    SELECT kind, idx, project, message
+    FROM ingest_claim_events($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[],
+                             $5::integer[], $6::bytea[], $7::integer)
+"""
+
+_PROJECT_KEYS: Final = "SELECT id, pseudonym_key FROM projects WHERE id = ANY($1::uuid[])"
+_KEY_CACHE_MAX: Final = 100_000
+
+_SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
+
+_UPSERT_PROFILES: Final = """
+    INSERT INTO user_profiles AS u (project_id, user_id, traits, created_at, updated_at)
+    SELECT x.project_id, x.user_id, x.traits, x.received_at, x.received_at
+    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[])
+        AS x(project_id, user_id, traits, received_at)
+    ON CONFLICT (project_id, user_id) DO UPDATE
+    SET traits = u.traits || EXCLUDED.traits,
+        updated_at = EXCLUDED.updated_at
+"""
+
+
+class EventWrites:
+    """The writer's transaction. Keeps, per process, what never changes or only grows: the
+    projects' pseudonym keys, and which projects have suppressions (so that the usual batch,
+    for projects with none, costs no keyed digest at all)."""
+
+    def __init__(self) -> None:
+        self._keys: dict[uuid.UUID, bytes] = {}
+        self._suppressing: set[uuid.UUID] = set()
+
+    async def insert_events(self, conn: Connection, rows: Sequence[Row]) -> list[Fate]:
+        """Store rows not seen before in one transaction, unless their project is gone or they
+        name a suppressed person; update the current state of identified users. Per row, its
+        fate. Raises on any database error.
+
+        The claim (ingest_claim_events, sql/0004) first takes a shared per-project lock, which
+        is what an erasure waits on (Store.erase_subject): once the erasure's suppressions are
+        committed and it has held the lock, every later claim sees them, and every earlier one
+        has committed rows that the erasure's DELETE sees.
+        """
+        # Sorted claims take row locks in one order across writer connections: no deadlocks.
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        async with conn.transaction():
+            while True:
+                claim = await conn.fetch(
+                    _CLAIM_EVENTS,
+                    [rows[i][0] for i in order],
+                    [rows[i][2] for i in order],
+                    [rows[i][1] for i in order],
+                    *await self._digests(conn, rows, order),
+                    SUBJECT_LOCK,
+                )
+                need = {r["project"] for r in claim if r["kind"] == "need_digests"}
+                if not need:
+                    break
+                self._suppressing |= need  # suppressions are kept until the project goes
+            dropped = {order[r["idx"] - 1] for r in claim if r["kind"] == "dropped"}
+            fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
+            fates: list[Fate] = []
+            records: list[Row] = []
+            for index, row in enumerate(rows):
+                key = (row[0], row[2])
+                if index in dropped:
+                    fates.append(Fate.SUPPRESSED)
+                elif key in fresh:
+                    fresh.discard(key)  # a second copy inside the same batch is a duplicate
+                    fates.append(Fate.STORED)
+                    records.append(row)
+                else:
+                    fates.append(Fate.DUPLICATE)
+            if records:
+                await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
+                await _update_profiles(conn, records)
+        return fates
+
+    async def _digests(
+        self, conn: Connection, rows: Sequence[Row], order: Sequence[int]
+    ) -> tuple[list[uuid.UUID], list[int], list[bytes]]:
+        """(projects given digests, 1-based positions in ``order``, keyed digests) for the
+        rows of projects known to have suppressions."""
+        projects = sorted({rows[i][0] for i in order} & self._suppressing)
+        if not projects:
+            return [], [], []
+        missing = [p for p in projects if p not in self._keys]
+        if missing:
+            if len(self._keys) > _KEY_CACHE_MAX:
+                self._keys.clear()
+            for r in await conn.fetch(_PROJECT_KEYS, missing):
+                self._keys[r["id"]] = bytes(r["pseudonym_key"])
+        positions: list[int] = []
+        digests: list[bytes] = []
+        for position, index in enumerate(order, start=1):
+            row = rows[index]
+            key = self._keys.get(row[0])
+            if key is None or row[0] not in self._suppressing:
+                continue
+            for kind, column in _SUBJECT_COLUMNS:
+                value = row[column]
+                if value is not None:
+                    positions.append(position)
+                    digests.append(pseudonyms.digest(key, kind, value))
+        return projects, positions, digests
+
+
+async def _update_profiles(conn: Connection, records: Sequence[Row]) -> None:
+    """Merge the traits of stored identify events into their users' current state, in
+    arrival order (a corrected identify overwrites what it names; the events stay as sent)."""
+    merged: dict[tuple[uuid.UUID, str], tuple[dict[str, Any], datetime]] = {}
+    for row in records:
+        if row[_TYPE] != "identify" or row[_USER_ID] is None:
+            continue
+        key = (row[0], row[_USER_ID])
+        traits = orjson.loads(row[_TRAITS])
+        if key in merged:
+            merged[key][0].update(traits)
+        else:
+            merged[key] = (traits, row[_RECEIVED_AT])
+    if not merged:
+        return
+    # Sorted: two writer connections upsert the same users in one order, never deadlocking.
+    ordered = sorted(merged)
+    await conn.execute(
+        _UPSERT_PROFILES,
+        [k[0] for k in ordered],
+        [k[1] for k in ordered],
+        [orjson.dumps(merged[k][0]) for k in ordered],
+        [merged[k][1] for k in ordered],
+    )
