@@ -147,6 +147,9 @@ class Source:
     peer_geo: GeoResult | None
     # context.ip is believed only from the partner's servers (secret or server-side write key).
     trust_context_ip: bool = False
+    # The project's identifier_pii is "hash": an email- or phone-shaped id is stored as its
+    # SHA-256 instead of refusing the event.
+    hash_identifiers: bool = False
 
 
 @dataclass(slots=True)
@@ -206,8 +209,9 @@ class EventParser:
         if name is not None:
             _refuse_pii(name, "event", "pii_in_name", "pii_in_name")
 
-        user_id = _identifier(ev, "user_id", lim.max_id_chars)
-        anonymous_id = _identifier(ev, "anonymous_id", lim.max_id_chars)
+        hashed_ids: list[pii.EmailDigest | pii.PhoneDigest] = []
+        user_id = self._id(ev, "user_id", source, hashed_ids)
+        anonymous_id = self._id(ev, "anonymous_id", source, hashed_ids)
         if user_id is None and anonymous_id is None:
             raise _Reject("missing_field", "user_id", "an event needs user_id or anonymous_id")
 
@@ -234,7 +238,7 @@ class EventParser:
         context = _object(ev, "context")
         # group and alias carry a second id; it is kept in properties, checked like user_id.
         for extra in ("group_id", "previous_id"):
-            value = _identifier(ev, extra, lim.max_id_chars)
+            value = self._id(ev, extra, source, hashed_ids)
             if value is not None:
                 properties[extra] = value
 
@@ -290,6 +294,13 @@ class EventParser:
             )
 
         email, phone = found.email, found.phone
+        # An id that was an email or a phone names the person like a trait would: its digest
+        # fills the columns that access and erasure by email or phone search.
+        for digest in hashed_ids:
+            if isinstance(digest, pii.EmailDigest) and email is None:
+                email = digest
+            elif isinstance(digest, pii.PhoneDigest) and phone is None:
+                phone = digest
         return (
             source.project_id,
             received_at,
@@ -312,6 +323,35 @@ class EventParser:
             traits_json,
             context_json,
         )
+
+    def _id(
+        self,
+        ev: dict[str, Any],
+        name: str,
+        source: Source,
+        hashed: list[pii.EmailDigest | pii.PhoneDigest],
+    ) -> str | None:
+        """An identifier field; an email- or phone-shaped one is refused, or (the project's
+        identifier_pii is "hash") replaced by its SHA-256, normalized as everywhere else."""
+        try:
+            return _identifier(ev, name, self.limits.max_id_chars)
+        except _Reject as rej:
+            if not source.hash_identifiers or rej.code not in (
+                f"{name}_is_email",
+                f"{name}_is_phone",
+            ):
+                raise
+            text = str(ev[name])
+            digest: pii.EmailDigest | pii.PhoneDigest | None
+            if rej.code.endswith("email"):
+                # Only a whole address can be hashed; an id that merely holds one stays refused.
+                digest = pii.hash_email(text) if pii.looks_like_email(text) else None
+            else:
+                digest = pii.hash_phone(text, source.default_country)
+            if digest is None:
+                raise
+            hashed.append(digest)
+            return digest.sha256
 
     def _corrected(
         self,

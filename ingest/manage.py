@@ -31,6 +31,8 @@ from ingest.store import (
 # A project's retention settings (sql/0003_project_retention.sql), in days; ten years at most.
 RETENTION_FIELDS: Final = ("events_retention_days", "dedup_window_days")
 MAX_DAYS: Final = 3650
+# What a project does with an email- or phone-shaped user_id or anonymous_id (sql/0005).
+IDENTIFIER_PII: Final = ("reject", "hash")
 
 
 def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
@@ -65,6 +67,9 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
             retention[field] = value
         else:
             errors.append({"field": field, "reason": f"a whole number of days, 1 to {MAX_DAYS}"})
+    identifier_pii = doc.get("identifier_pii")
+    if "identifier_pii" in doc and identifier_pii not in IDENTIFIER_PII:
+        errors.append({"field": "identifier_pii", "reason": '"reject" or "hash"'})
     if errors:
         raise ValidationFailed("the project is invalid", errors=errors)
     return ProjectChanges(
@@ -76,6 +81,7 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
         allowed_origins=origins,
         events_retention_days=retention["events_retention_days"],
         dedup_window_days=retention["dedup_window_days"],
+        identifier_pii=identifier_pii if isinstance(identifier_pii, str) else None,
     )
 
 
@@ -102,6 +108,7 @@ async def post_projects(request: Request, call: Call) -> Response:
             fields.allowed_origins,
             events_retention_days=fields.events_retention_days or DEFAULT_EVENTS_RETENTION_DAYS,
             dedup_window_days=fields.dedup_window_days or DEFAULT_DEDUP_WINDOW_DAYS,
+            identifier_pii=fields.identifier_pii or "reject",
             conn=conn,
         )
         body = {**project.as_dict(), "write_key": write_key.as_dict()}

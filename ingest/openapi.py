@@ -263,6 +263,7 @@ def _schemas() -> dict[str, Any]:
         "allowed_origins": {"type": ["array", "null"], "items": {"type": "string"}},
         "events_retention_days": {"type": "integer"},
         "dedup_window_days": {"type": "integer"},
+        "identifier_pii": {"type": "string", "enum": ["reject", "hash"]},
         "created_at": {"type": "string", "format": "date-time"},
     }
     project_fields = {
@@ -292,6 +293,14 @@ def _schemas() -> dict[str, Any]:
             "maximum": 3650,
             "default": 7,
             "description": "Days a message_id is remembered: a retry within it is stored once.",
+        },
+        "identifier_pii": {
+            "type": "string",
+            "enum": ["reject", "hash"],
+            "default": "reject",
+            "description": "A user_id, anonymous_id, group_id or previous_id that is an email "
+            "address or a phone number: refuse the event (reject), or store the SHA-256 of "
+            "the normalized value in its place (hash).",
         },
     }
     segment_props = {

@@ -90,6 +90,7 @@ class Target:
     project_id: uuid.UUID
     default_country: str | None
     trust_context_ip: bool
+    hash_identifiers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +124,19 @@ async def event_target(request: Request, svc: Services, key: KeyRecord) -> Targe
     if key.kind is KeyKind.WRITE:
         assert key.project_id is not None  # noqa: S101  # a CHECK constraint guarantees it
         check_origin(request, key.allowed_origins)
-        target = Target(key.project_id, key.default_country, key.is_server_side)
+        target = Target(
+            key.project_id, key.default_country, key.is_server_side, key.hash_identifiers
+        )
     else:
         project = await svc.store.get_project(key.org_id, _project_header(request))
         if project is None:
             raise NotFound("no such project")
-        target = Target(project.project_id, project.default_country, True)
+        target = Target(
+            project.project_id,
+            project.default_country,
+            True,
+            project.identifier_pii == "hash",
+        )
     log_fields(request, project_id=str(target.project_id))
     return target
 
@@ -157,6 +165,7 @@ def parse_events(
         received_at=now(),
         peer_geo=svc.locate(ip) if ip is not None else None,
         trust_context_ip=target.trust_context_ip,
+        hash_identifiers=target.hash_identifiers,
     )
     return svc.parser.parse(items, source, sent_at=batch_sent_at)
 

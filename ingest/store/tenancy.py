@@ -29,6 +29,8 @@ class KeyRecord:
     digest: bytes
     # The project's browser origin allow-list; None accepts any Origin.
     allowed_origins: tuple[str, ...] | None = None
+    # The project stores the SHA-256 of an email- or phone-shaped id instead of refusing it.
+    hash_identifiers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Project:
     allowed_origins: tuple[str, ...] | None = None
     events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS
     dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS
+    identifier_pii: str = "reject"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +73,7 @@ class Project:
             ),
             "events_retention_days": self.events_retention_days,
             "dedup_window_days": self.dedup_window_days,
+            "identifier_pii": self.identifier_pii,
             "created_at": self.created_at.isoformat(),
         }
 
@@ -87,6 +91,8 @@ class ProjectChanges:
     # None leaves the retention as it is (on create: the column default).
     events_retention_days: int | None = None
     dedup_window_days: int | None = None
+    # None leaves it as it is (on create: "reject").
+    identifier_pii: str | None = None
 
     def given(self) -> list[str]:
         """The names of the fields this change sets (what the audit log records)."""
@@ -96,6 +102,7 @@ class ProjectChanges:
             "allowed_origins": self.set_allowed_origins,
             "events_retention_days": self.events_retention_days is not None,
             "dedup_window_days": self.dedup_window_days is not None,
+            "identifier_pii": self.identifier_pii is not None,
         }
         return [name for name, is_set in named.items() if is_set]
 
@@ -168,6 +175,7 @@ def _project(row: asyncpg.Record) -> Project:
         _origins(row["allowed_origins"]),
         row["events_retention_days"],
         row["dedup_window_days"],
+        row["identifier_pii"],
     )
 
 
@@ -185,15 +193,15 @@ _INSERT_KEY: Final = """
 _INSERT_PROJECT: Final = """
     INSERT INTO projects (
         id, org_id, name, default_country, allowed_origins, events_retention_days,
-        dedup_window_days
+        dedup_window_days, identifier_pii
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     RETURNING created_at
 """
 
 _FIND_KEY: Final = """
     SELECT k.id, k.kind, k.org_id, k.project_id, k.is_server_side, k.digest, p.default_country,
-           p.allowed_origins
+           p.allowed_origins, p.identifier_pii
     FROM api_keys AS k
     LEFT JOIN projects AS p ON p.id = k.project_id
     WHERE k.digest = $1
@@ -203,7 +211,7 @@ _FIND_KEY: Final = """
 
 _GET_PROJECT: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days
+           dedup_window_days, identifier_pii
     FROM projects
     WHERE id = $1
       AND org_id = $2
@@ -218,17 +226,18 @@ _UPDATE_PROJECT: Final = """
         default_country = CASE WHEN $5::boolean THEN $6::text ELSE default_country END,
         allowed_origins = CASE WHEN $7::boolean THEN $8::text[] ELSE allowed_origins END,
         events_retention_days = coalesce($9::integer, events_retention_days),
-        dedup_window_days = coalesce($10::integer, dedup_window_days)
+        dedup_window_days = coalesce($10::integer, dedup_window_days),
+        identifier_pii = coalesce($11::text, identifier_pii)
     WHERE id = $1
       AND org_id = $2
     RETURNING id, org_id, name, default_country, created_at, allowed_origins,
-              events_retention_days, dedup_window_days
+              events_retention_days, dedup_window_days, identifier_pii
 """
 
 
 _LIST_PROJECTS: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days
+           dedup_window_days, identifier_pii
     FROM projects
     WHERE org_id = $1
     ORDER BY created_at, id
@@ -322,6 +331,7 @@ class TenancyMixin(StoreBase):
         *,
         events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS,
         dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
+        identifier_pii: str = "reject",
         conn: Connection | None = None,
     ) -> tuple[Project, IssuedKey]:
         """A project and its first write key; on ``conn`` (inside the caller's transaction)
@@ -335,6 +345,7 @@ class TenancyMixin(StoreBase):
                     allowed_origins,
                     events_retention_days=events_retention_days,
                     dedup_window_days=dedup_window_days,
+                    identifier_pii=identifier_pii,
                     conn=own,
                 )
         project_id = uuid.uuid4()
@@ -348,6 +359,7 @@ class TenancyMixin(StoreBase):
             list(origins) if origins is not None else None,
             events_retention_days,
             dedup_window_days,
+            identifier_pii,
         )
         key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
         project = Project(
@@ -359,6 +371,7 @@ class TenancyMixin(StoreBase):
             origins,
             events_retention_days,
             dedup_window_days,
+            identifier_pii,
         )
         return project, key
 
@@ -392,6 +405,7 @@ class TenancyMixin(StoreBase):
             list(origins) if origins is not None else None,
             changes.events_retention_days,
             changes.dedup_window_days,
+            changes.identifier_pii,
         )
         return None if row is None else _project(row)
 
@@ -431,6 +445,7 @@ class TenancyMixin(StoreBase):
             is_server_side=row["is_server_side"],
             digest=row["digest"],
             allowed_origins=_origins(row["allowed_origins"]),
+            hash_identifiers=row["identifier_pii"] == "hash",
         )
 
     # -- projects and keys (the partner API) -----------------------------------------------
