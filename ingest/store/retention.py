@@ -6,7 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 
@@ -225,7 +225,7 @@ class RetentionMixin(StoreBase):
                         batch_rows,
                     )
                 idempotency = await self._delete_batches(
-                    conn, _DELETE_EXPIRED_IDEMPOTENCY, None, now, batch_rows
+                    conn, _DELETE_EXPIRED_IDEMPOTENCY, now, batch_rows
                 )
             finally:
                 await conn.execute(_RELEASE_PURGE_LOCK)
@@ -267,22 +267,16 @@ class RetentionMixin(StoreBase):
         return dropped, deferred
 
     @staticmethod
-    async def _delete_batches(
-        conn: Connection,
-        query: str,
-        project_id: uuid.UUID | None,
-        older_than: datetime,
-        batch: int,
-    ) -> int:
-        """Run a batched DELETE until it deletes fewer than ``batch`` rows; ``project_id``
-        None for a query that takes no project (it then reads $1 and $2)."""
-        args = (older_than, batch) if project_id is None else (project_id, older_than, batch)
+    async def _delete_batches(conn: Connection, query: str, *args: Any) -> int:
+        """Run a batched DELETE until it deletes fewer rows than its batch size, which is its
+        last argument (the inner SELECT found fewer: nothing matching is left)."""
+        batch: int = args[-1]
         total = 0
         while True:
             status: str = await conn.execute(query, *args)
             deleted = int(status.split()[-1])
             total += deleted
-            if deleted < batch:  # the inner SELECT found fewer: nothing expired is left
+            if deleted < batch:
                 return total
 
     @staticmethod
@@ -304,10 +298,10 @@ class RetentionMixin(StoreBase):
             async with conn.transaction():
                 await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
             counts = {
-                "events": await self._delete_all(
+                "events": await self._delete_batches(
                     conn, _DELETE_PROJECT_EVENTS, project_id, batch_rows
                 ),
-                "message_ids": await self._delete_all(
+                "message_ids": await self._delete_batches(
                     conn, _DELETE_PROJECT_DEDUP, project_id, batch_rows
                 ),
             }
@@ -321,13 +315,3 @@ class RetentionMixin(StoreBase):
         """Deleted projects whose data deletion did not finish (the process died)."""
         async with self.pool.acquire() as conn:
             return [r["project_id"] for r in await conn.fetch(_PENDING_PROJECT_DELETIONS)]
-
-    @staticmethod
-    async def _delete_all(conn: Connection, query: str, project_id: uuid.UUID, batch: int) -> int:
-        total = 0
-        while True:
-            status: str = await conn.execute(query, project_id, batch)
-            deleted = int(status.split()[-1])
-            total += deleted
-            if deleted < batch:
-                return total
