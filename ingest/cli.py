@@ -23,6 +23,7 @@ import structlog
 
 from ingest import embedded, migrate
 from ingest.config import ConfigError, Secret, Settings
+from ingest.drain import DrainingHttpToolsProtocol
 from ingest.geo import GeoDatabaseError, GeoLookup
 from ingest.logs import configure_logging
 from ingest.metrics import MULTIPROC_ENV
@@ -400,6 +401,9 @@ def _serve(settings: Settings) -> int:
         "proxy_headers": False,  # X-Forwarded-For is read only from INGEST_TRUSTED_PROXIES
         "server_header": False,
         "timeout_graceful_shutdown": 10,
+        # On SIGTERM, an idle keep-alive connection gets a moment to deliver a request already
+        # sent, instead of a reset (ingest/drain.py).
+        "http": DrainingHttpToolsProtocol,
         # Past this many open connections and tasks per worker uvicorn answers 503 itself,
         # before any of our work: memory stays bounded under a connection flood.
         "limit_concurrency": settings.max_connections,

@@ -263,3 +263,37 @@ def test_workers_from_the_command_line_split_the_rate_limit(
     assert refused, [a.status_code for a in answers]
     assert "may send 10 requests a second" in refused[0].json()["detail"]
     _stop(proc)
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole /healthz answer (its body is the last thing in it), or what came before the
+    connection closed."""
+    data = b""
+    while not data.endswith(b"}"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_request_sent_on_an_idle_connection_during_the_drain_is_answered(
+    serve: Any, db_dsn: str, geoip_db: Path
+) -> None:
+    """RELIABILITY B6: an SDK's next request on its keep-alive connection, sent just after the
+    server got SIGTERM, gets an answer (with Connection: close), not a closed connection."""
+    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db), INGEST_WORKERS="1")
+    proc, base = serve(env)
+    port = int(base.rsplit(":", 1)[1])
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        assert _response(conn).startswith(b"HTTP/1.1 200")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)  # the server is draining; the connection is idle
+        conn.sendall(request)
+        answer = _response(conn)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"connection: close" in answer.lower()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
