@@ -685,6 +685,67 @@ async def test_partner_route_errors_leave_no_trace(
     await sinks.assert_clean(c.forbidden())
 
 
+async def test_data_subject_requests_by_email_and_phone_leave_no_trace(
+    client: httpx.AsyncClient,
+    secret_key: str,
+    write_key: str,
+    project: dict[str, Any],
+    conn: asyncpg.Connection,
+    canaries: Canaries,
+    sinks: Sinks,
+) -> None:
+    """A DSR names the person by raw email or phone in its body: that value reaches no row (not
+    the receipt, the suppressions, the audit log or the idempotency cache), no log line and no
+    answer, in valid, replayed and refused requests alike."""
+    c = canaries
+    sinks.watch(client)
+    pid = project["id"]
+    batch = [
+        {
+            "type": "identify",
+            "user_id": f"u-{n}",
+            "traits": {"email": c.email(60 + n), "phone": written},
+        }
+        for n, written in enumerate(c.phone.values())
+    ]
+    r = await client.post("/v1/events", json={"batch": batch}, headers=bearer(write_key))
+    _ok(r, len(batch))
+    partner = bearer(secret_key)
+    # Access, then erasure, by every written form; each erasure with an Idempotency-Key, sent
+    # twice (the replay comes from the cache).
+    for n, written in enumerate(c.phone.values()):
+        email = f"  {c.email(60 + n).upper()} " if n % 2 else f"mailto:{c.email(60 + n)}"
+        for body in ({"email": email}, {"phone": written}):
+            r = await client.post(f"/v1/projects/{pid}/events/export", json=body, headers=partner)
+            assert r.status_code == 200, r.text
+            headers = {**partner, "Idempotency-Key": f"erase-{c.run}-{n}-{sorted(body)[0]}"}
+            for _ in range(2):
+                r = await client.post(
+                    f"/v1/projects/{pid}/events/erase", json=body, headers=headers
+                )
+                assert r.status_code == 200, r.text
+    assert await conn.fetchval("SELECT count(*) FROM events") == 0
+    # Refused requests that carry the values.
+    for body in (
+        {"email": c.email(70), "phone": c.phone["spaces"]},
+        {"email_sha256": c.email(71)},
+        {"phone": c.email(72)},
+        {"phone_sha256": c.phone["dashes"]},
+    ):
+        r = await client.post(f"/v1/projects/{pid}/events/erase", json=body, headers=partner)
+        assert r.status_code == 400, r.text
+    r = await client.post(
+        f"/v1/projects/{pid}/events/export",
+        json={"email": c.email(73)},
+        headers={**partner, "Idempotency-Key": c.email(74)},
+    )
+    assert r.status_code == 200, r.text
+    for path in ("/v1/audit-log", f"/v1/projects/{pid}/erasures"):
+        r = await client.get(path, headers=partner)
+        assert r.status_code == 200, r.text
+    await sinks.assert_clean(c.forbidden())
+
+
 # -- PII where the scrubber does not look for it: keys and envelope fields -------------------------
 
 
