@@ -200,6 +200,15 @@ def write_key(project: dict[str, Any]) -> str:
     return key
 
 
+def is_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    """An RFC 9457 answer with this status and type (its last path segment); its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = r.json()
+    assert body["type"].endswith("/" + slug), body
+    return body
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 

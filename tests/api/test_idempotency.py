@@ -15,7 +15,7 @@ import pytest
 from ingest.cli import _create_org
 from ingest.config import Settings
 from ingest.metrics import Metrics
-from tests.conftest import bearer, new_id
+from tests.conftest import bearer, is_problem, new_id
 
 # A whole key (prefix and at least one more character of it), and a key's display prefix.
 SECRET_LIKE = re.compile(r"i[sw]k_[A-Za-z0-9_-]{9,}")
@@ -24,14 +24,6 @@ PREFIX_LIKE = re.compile(r"i[sw]k_[A-Za-z0-9_-]{8}")
 
 def _with_key(secret_key: str, idem: str | bytes) -> dict[str, Any]:
     return {**bearer(secret_key), "Idempotency-Key": idem}
-
-
-def _is_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = r.json()
-    assert body["type"].endswith("/" + slug), body
-    return body
 
 
 async def _audit_count(conn: asyncpg.Connection, action: str) -> int:
@@ -97,7 +89,7 @@ class TestReplay:
         created = answers[0].json()
         expected = {**created, "write_key": {**created["write_key"], "key": None}}
         for r in answers[1:]:
-            body = _is_problem(r, 409, "key-already-issued")
+            body = is_problem(r, 409, "key-already-issued")
             assert body["created"] == expected
             assert created["write_key"]["key"] not in r.text
         assert await conn.fetchval("SELECT count(*) FROM projects") == 1
@@ -158,7 +150,7 @@ class TestReuse:
         ]
         for method, path, doc in attempts:
             r = await client.request(method, path, json=doc, headers=_with_key(secret_key, idem))
-            _is_problem(r, 422, "idempotency-key-reused")
+            is_problem(r, 422, "idempotency-key-reused")
             assert "idempotent-replayed" not in r.headers
 
         names = await conn.fetch("SELECT id::text, name FROM projects ORDER BY name")
@@ -231,7 +223,7 @@ class TestConcurrency:
             if r.status_code == 200:
                 assert r.content == firsts[0].content
             else:
-                _is_problem(r, 409, "idempotency-in-flight")
+                is_problem(r, 409, "idempotency-in-flight")
                 assert r.headers["retry-after"]
         assert await _audit_count(conn, "project.update") == 1
 
@@ -263,10 +255,10 @@ class TestScope:
             "/v1/projects", json={"name": "P"}, headers=_with_key(other, idem)
         )
         assert (
-            _is_problem(mine_again, 409, "key-already-issued")["created"]["id"] == mine.json()["id"]
+            is_problem(mine_again, 409, "key-already-issued")["created"]["id"] == mine.json()["id"]
         )
         assert (
-            _is_problem(theirs_again, 409, "key-already-issued")["created"]["id"]
+            is_problem(theirs_again, 409, "key-already-issued")["created"]["id"]
             == theirs.json()["id"]
         )
         # And another body is another org's business: no 422 across organizations.
@@ -319,7 +311,7 @@ class TestSecretsAreNotKept:
             secret = body["write_key"]["key"] if "write_key" in body else body["key"]
             secrets.append(secret)
             again = await client.post(path, json=doc, headers=_with_key(secret_key, idem))
-            problem = _is_problem(again, 409, "key-already-issued")
+            problem = is_problem(again, 409, "key-already-issued")
             if "write_key" in body:
                 assert problem["created"] == {
                     **body,
@@ -383,12 +375,12 @@ class TestFailuresKeepNothing:
         bad = await client.post(
             "/v1/projects", json={"name": ""}, headers=_with_key(secret_key, idem)
         )
-        _is_problem(bad, 400, "validation")
+        is_problem(bad, 400, "validation")
         assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
         again = await client.post(
             "/v1/projects", json={"name": ""}, headers=_with_key(secret_key, idem)
         )
-        _is_problem(again, 400, "validation")  # run again, not replayed
+        is_problem(again, 400, "validation")  # run again, not replayed
         assert "idempotent-replayed" not in again.headers
         good = await client.post(
             "/v1/projects", json={"name": "Fixed"}, headers=_with_key(secret_key, idem)
@@ -406,7 +398,7 @@ class TestFailuresKeepNothing:
         idem = new_id()
         path = f"/v1/keys/{org['secret_key']['id']}"
         refused = await client.delete(path, headers=_with_key(secret_key, idem))
-        _is_problem(refused, 409, "conflict")
+        is_problem(refused, 409, "conflict")
         second = (await client.post("/v1/keys", headers=bearer(secret_key))).json()["key"]
         # The scope is the calling key: retry with the same one.
         ok = await client.delete(path, headers=_with_key(secret_key, idem))
@@ -422,7 +414,7 @@ class TestFailuresKeepNothing:
             "/v1/projects/00000000-0000-4000-8000-000000000000",
             headers=_with_key(secret_key, idem),
         )
-        _is_problem(r, 404, "not-found")
+        is_problem(r, 404, "not-found")
         assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
 
 
@@ -462,7 +454,7 @@ class TestInvalidKey:
         r = await client.post(
             "/v1/projects", json={"name": "X"}, headers=_with_key(secret_key, idem)
         )
-        body = _is_problem(r, 400, "invalid-body")
+        body = is_problem(r, 400, "invalid-body")
         assert body["field"] == "Idempotency-Key"
         assert await conn.fetchval("SELECT count(*) FROM projects") == 0
         assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
@@ -542,7 +534,7 @@ class TestErasure:
         assert again.headers["idempotent-replayed"] == "true"
         assert await _audit_count(conn, "project.delete") == 1
         # Without the key: the project is gone.
-        _is_problem(
+        is_problem(
             await client.delete(f"/v1/projects/{pid}", headers=bearer(secret_key)), 404, "not-found"
         )
 

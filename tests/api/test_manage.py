@@ -17,7 +17,7 @@ from ingest.app import create_app
 from ingest.cli import _create_org
 from ingest.config import Settings
 from ingest.metrics import Metrics
-from tests.conftest import bearer, client_for, new_id
+from tests.conftest import bearer, client_for, is_problem, new_id
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -40,12 +40,6 @@ async def _new_project(client: httpx.AsyncClient, secret_key: str, name: str) ->
     assert r.status_code == 201, r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def _is_problem(r: httpx.Response, status: int, slug: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    assert r.json()["type"].endswith("/" + slug)
 
 
 class TestProjects:
@@ -82,7 +76,7 @@ class TestProjects:
     async def test_read_missing_project_is_404(
         self, client: httpx.AsyncClient, secret_key: str, pid: str
     ) -> None:
-        _is_problem(
+        is_problem(
             await client.get(f"/v1/projects/{pid}", headers=bearer(secret_key)), 404, "not-found"
         )
 
@@ -92,7 +86,7 @@ class TestProjects:
         other = (await _create_org(settings, "Other"))["secret_key"]["key"]
         theirs = await client.get(f"/v1/projects/{project['id']}", headers=bearer(other))
         missing = await client.get(f"/v1/projects/{MISSING}", headers=bearer(other))
-        _is_problem(theirs, 404, "not-found")
+        is_problem(theirs, 404, "not-found")
         body, ref = theirs.json(), missing.json()
         body.pop("instance")
         ref.pop("instance")
@@ -138,7 +132,7 @@ class TestProjects:
             json={"name": "New", "events_retention_days": 0},
             headers=bearer(secret_key),
         )
-        _is_problem(r, 400, "validation")
+        is_problem(r, 400, "validation")
         assert [e["field"] for e in r.json()["errors"]] == ["events_retention_days"]
         assert (
             await conn.fetchval("SELECT name FROM projects WHERE id = $1::uuid", project["id"])
@@ -151,7 +145,7 @@ class TestProjects:
         r = await client.patch(
             f"/v1/projects/{MISSING}", json={"name": "x"}, headers=bearer(secret_key)
         )
-        _is_problem(r, 404, "not-found")
+        is_problem(r, 404, "not-found")
 
 
 class TestDeleteProject:
@@ -199,15 +193,15 @@ class TestDeleteProject:
         assert await _count(conn, "api_keys", oid) == 1
 
         # Gone for the partner, and its key is refused (key cache TTL is 0 in these tests).
-        _is_problem(
+        is_problem(
             await client.get(f"/v1/projects/{pid}", headers=bearer(secret_key)), 404, "not-found"
         )
-        _is_problem(
+        is_problem(
             await client.delete(f"/v1/projects/{pid}", headers=bearer(secret_key)),
             404,
             "not-found",
         )
-        _is_problem(await _event(client, write_key), 401, "invalid-key")
+        is_problem(await _event(client, write_key), 401, "invalid-key")
         assert (await _event(client, other_key)).status_code == 200
         listed = (await client.get("/v1/projects", headers=bearer(secret_key))).json()
         assert [p["id"] for p in listed["projects"]] == [oid]
@@ -223,7 +217,7 @@ class TestDeleteProject:
         assert (await _event(client, write_key)).status_code == 200
         other = (await _create_org(settings, "Other"))["secret_key"]["key"]
         r = await client.delete(f"/v1/projects/{project['id']}", headers=bearer(other))
-        _is_problem(r, 404, "not-found")
+        is_problem(r, 404, "not-found")
         assert await _count(conn, "events", project["id"]) == 1
         assert (await _event(client, write_key)).status_code == 200
 
@@ -259,7 +253,7 @@ class TestDeleteProject:
         for table in ("suppressions", "erasures"):
             assert await _count(conn, table, pid) == 0
             assert await _count(conn, table, other["id"]) > 0
-        _is_problem(
+        is_problem(
             await client.get(f"/v1/projects/{pid}/erasures", headers=bearer(secret_key)),
             404,
             "not-found",
@@ -300,7 +294,7 @@ async def test_events_sent_with_a_cached_key_of_a_deleted_project_are_not_stored
     assert metrics.registry.get_sample_value("ingest_events_suppressed_total") == 1
 
     await asyncio.sleep(1.2)
-    _is_problem(await _event(client, key), 401, "invalid-key")
+    is_problem(await _event(client, key), 401, "invalid-key")
     assert await _count(conn, "events", pid) == 0
 
 
@@ -372,7 +366,7 @@ class TestWriteKeys:
         assert (body["id"], body["status"]) == (kid, "revoked")
         assert body["revoked_at"] is not None
         assert "key" not in body
-        _is_problem(await _event(client, write_key), 401, "invalid-key")
+        is_problem(await _event(client, write_key), 401, "invalid-key")
         again = await client.delete(f"/v1/projects/{pid}/keys/{kid}", headers=bearer(secret_key))
         assert again.status_code == 200
         assert again.json() == body
@@ -390,7 +384,7 @@ class TestWriteKeys:
         other = await _new_project(client, secret_key, "Other")
         for kid in (MISSING, "nope", other["write_key"]["id"], org["secret_key"]["id"]):
             r = await client.delete(f"/v1/projects/{pid}/keys/{kid}", headers=bearer(secret_key))
-            _is_problem(r, 404, "not-found")
+            is_problem(r, 404, "not-found")
         assert (await _event(client, other["write_key"]["key"])).status_code == 200
 
     async def test_rotate_with_grace_keeps_the_old_key_until_it_ends(
@@ -425,7 +419,7 @@ class TestWriteKeys:
         ]
 
         await asyncio.sleep(1.7)
-        _is_problem(await _event(client, write_key), 401, "invalid-key")
+        is_problem(await _event(client, write_key), 401, "invalid-key")
         assert (await _event(client, new_key)).status_code == 200
         listed = (await client.get(f"/v1/projects/{pid}/keys", headers=bearer(secret_key))).json()
         assert [k["status"] for k in listed["keys"]] == ["revoked", "active"]
@@ -433,7 +427,7 @@ class TestWriteKeys:
         again = await client.post(
             f"/v1/projects/{pid}/keys/{kid}/rotate", json={}, headers=bearer(secret_key)
         )
-        _is_problem(again, 404, "not-found")
+        is_problem(again, 404, "not-found")
 
     async def test_rotate_with_no_grace_refuses_the_old_key_at_once(
         self,
@@ -453,13 +447,13 @@ class TestWriteKeys:
         assert body["replaces"]["status"] == "revoked"
         assert body["replaces"]["revoked_at"] is not None
         assert body["replaces"]["replaced_by"] == body["id"]
-        _is_problem(await _event(client, write_key), 401, "invalid-key")
+        is_problem(await _event(client, write_key), 401, "invalid-key")
         assert (await _event(client, body["key"])).status_code == 200
         # A revoked key cannot be rotated.
         again = await client.post(
             f"/v1/projects/{pid}/keys/{kid}/rotate", headers=bearer(secret_key)
         )
-        _is_problem(again, 404, "not-found")
+        is_problem(again, 404, "not-found")
 
     async def test_rotate_defaults_to_no_grace_and_keeps_server_side(
         self, client: httpx.AsyncClient, secret_key: str, project: dict[str, Any]
@@ -476,7 +470,7 @@ class TestWriteKeys:
         assert r.status_code == 201, r.text
         assert r.json()["server_side"] is True
         assert r.json()["replaces"]["status"] == "revoked"
-        _is_problem(await _event(client, issued["key"]), 401, "invalid-key")
+        is_problem(await _event(client, issued["key"]), 401, "invalid-key")
 
 
 class TestSecretKeys:
@@ -520,7 +514,7 @@ class TestSecretKeys:
         r = await client.delete(f"/v1/keys/{second['id']}", headers=bearer(secret_key))
         assert r.status_code == 200, r.text
         assert (r.json()["id"], r.json()["status"]) == (second["id"], "revoked")
-        _is_problem(await client.get("/v1/keys", headers=bearer(second["key"])), 401, "invalid-key")
+        is_problem(await client.get("/v1/keys", headers=bearer(second["key"])), 401, "invalid-key")
         assert (await client.get("/v1/keys", headers=bearer(secret_key))).status_code == 200
 
     async def test_revoking_the_last_working_secret_key_is_a_conflict(
@@ -532,7 +526,7 @@ class TestSecretKeys:
     ) -> None:
         kid = org["secret_key"]["id"]
         r = await client.delete(f"/v1/keys/{kid}", headers=bearer(secret_key))
-        _is_problem(r, 409, "conflict")
+        is_problem(r, 409, "conflict")
         assert (
             await conn.fetchval("SELECT revoked_at FROM api_keys WHERE id = $1::uuid", kid) is None
         )
@@ -543,9 +537,9 @@ class TestSecretKeys:
         assert (
             await client.delete(f"/v1/keys/{kid}", headers=bearer(secret_key))
         ).status_code == 200
-        _is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
+        is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
         last = await client.delete(f"/v1/keys/{second['id']}", headers=bearer(second["key"]))
-        _is_problem(last, 409, "conflict")
+        is_problem(last, 409, "conflict")
         # Revoking the already revoked one again is fine: it changes nothing.
         again = await client.delete(f"/v1/keys/{kid}", headers=bearer(second["key"]))
         assert again.status_code == 200
@@ -563,7 +557,7 @@ class TestSecretKeys:
         assert (body["replaces"]["id"], body["replaces"]["status"]) == (kid, "revoked")
         assert body["replaces"]["replaced_by"] == body["id"]
         assert "project_id" not in body
-        _is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
+        is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
         listed = await client.get("/v1/keys", headers=bearer(body["key"]))
         assert [(k["id"], k["status"]) for k in listed.json()["keys"]] == [
             (kid, "revoked"),
@@ -571,7 +565,7 @@ class TestSecretKeys:
         ]
         # The successor is now the last working one.
         last = await client.delete(f"/v1/keys/{body['id']}", headers=bearer(body["key"]))
-        _is_problem(last, 409, "conflict")
+        is_problem(last, 409, "conflict")
 
     async def test_rotate_a_secret_key_with_grace(
         self, client: httpx.AsyncClient, secret_key: str, org: dict[str, Any]
@@ -585,7 +579,7 @@ class TestSecretKeys:
         assert new["replaces"]["status"] == "expiring"
         assert (await client.get("/v1/keys", headers=bearer(secret_key))).status_code == 200
         await asyncio.sleep(1.2)
-        _is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
+        is_problem(await client.get("/v1/keys", headers=bearer(secret_key)), 401, "invalid-key")
         assert (await client.get("/v1/keys", headers=bearer(new["key"]))).status_code == 200
 
     async def test_the_two_key_routes_never_reach_each_others_keys(
@@ -597,17 +591,17 @@ class TestSecretKeys:
     ) -> None:
         write_id = project["write_key"]["id"]
         secret_id = org["secret_key"]["id"]
-        _is_problem(
+        is_problem(
             await client.delete(f"/v1/keys/{write_id}", headers=bearer(secret_key)),
             404,
             "not-found",
         )
-        _is_problem(
+        is_problem(
             await client.post(f"/v1/keys/{write_id}/rotate", headers=bearer(secret_key)),
             404,
             "not-found",
         )
-        _is_problem(
+        is_problem(
             await client.post(
                 f"/v1/projects/{project['id']}/keys/{secret_id}/rotate", headers=bearer(secret_key)
             ),
@@ -624,7 +618,7 @@ class TestSecretKeys:
         spare = await client.post("/v1/keys", headers=bearer(other["secret_key"]["key"]))
         assert spare.status_code == 201
         r = await client.delete(f"/v1/keys/{other['secret_key']['id']}", headers=bearer(secret_key))
-        _is_problem(r, 404, "not-found")
+        is_problem(r, 404, "not-found")
         assert (
             await client.get("/v1/keys", headers=bearer(other["secret_key"]["key"]))
         ).status_code == 200
@@ -649,7 +643,7 @@ class TestValidation:
             json={"grace_seconds": grace},
             headers=bearer(secret_key),
         )
-        _is_problem(r, 400, "validation")
+        is_problem(r, 400, "validation")
         assert [e["field"] for e in r.json()["errors"]] == ["grace_seconds"]
         assert await _count(conn, "api_keys", pid) == 1
         assert (await _event(client, write_key)).status_code == 200
@@ -678,7 +672,7 @@ class TestValidation:
         r = await client.post(
             "/v1/keys", json={"server_side": server_side}, headers=bearer(secret_key)
         )
-        _is_problem(r, 400, "validation")
+        is_problem(r, 400, "validation")
         assert [e["field"] for e in r.json()["errors"]] == ["server_side"]
         assert await conn.fetchval("SELECT count(*) FROM api_keys") == 1
 
@@ -690,7 +684,7 @@ class TestValidation:
             json={"server_side": "yes"},
             headers=bearer(secret_key),
         )
-        _is_problem(r, 400, "validation")
+        is_problem(r, 400, "validation")
 
     @pytest.mark.parametrize("body", [b"[]", b"not json", b'"x"'])
     async def test_key_bodies_must_be_json_objects(
@@ -812,7 +806,7 @@ class TestRefusals:
             bearer(second["key"]),
             {"Authorization": "Bearer"},
         ):
-            _is_problem(await client.get("/v1/projects", headers=headers), 401, "invalid-key")
+            is_problem(await client.get("/v1/projects", headers=headers), 401, "invalid-key")
 
 
 async def test_concurrent_revocations_never_leave_the_org_without_a_working_secret_key(
