@@ -27,9 +27,8 @@ from ingest.problems import (
     InvalidBody,
     KeyAlreadyIssued,
     NotFound,
-    TooManyRequests,
 )
-from ingest.routes import Services, log_fields, parse_json, services
+from ingest.routes import Services, check_rate, log_fields, parse_json, services
 from ingest.store import AuditEntry, Connection, IdempotencyKey, KeyRecord, Project, Store
 
 # Methods that change something, and so honour Idempotency-Key.
@@ -130,11 +129,7 @@ def partner_route(handler: PartnerHandler) -> Callable[[Request], Awaitable[Resp
         svc = services(request)
         key = await svc.auth.secret_key(request)
         log_fields(request, org_id=str(key.org_id), key_id=str(key.key_id))
-        try:
-            svc.limiter.check(key.key_id)
-        except TooManyRequests:
-            svc.metrics.rate_limited.inc()
-            raise
+        check_rate(svc, key)
         rid = request.scope.get("ingest.request_id")
         call = Call(svc, request, key, rid if isinstance(rid, str) else None)
         raw_key = request.headers.get("idempotency-key")
