@@ -115,3 +115,19 @@ async def test_rate_limit_zero_turns_it_off(settings: Settings, write_key: str) 
             )
         )
     assert {a.status_code for a in answers} == {200}
+
+
+async def test_partner_routes_are_rate_limited_per_secret_key(
+    limited: Any, secret_key: str, project: dict[str, Any]
+) -> None:
+    """A leaked secret key cannot export user after user, or probe erasures, at full speed
+    (RELIABILITY T20, T21): partner routes share the per-key limit."""
+    path = f"/v1/projects/{project['id']}/events/users/u-1"
+    async with client_for(limited) as c:
+        answers = [await c.get(path, headers=bearer(secret_key)) for _ in range(5)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+        assert answers[3].json()["type"].endswith("/rate-limited")
+        assert answers[3].headers["retry-after"] == "1"
+        metrics = (await c.get("/metrics")).text
+        assert "ingest_rate_limited_total 2.0" in metrics
+        assert 'ingest_subject_requests_total{kind="export"} 3.0' in metrics
