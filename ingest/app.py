@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import manage, openapi, posthog, segment, store as store_mod, subjects
+from ingest import destinations, manage, openapi, posthog, segment, store as store_mod, subjects
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
@@ -167,12 +167,14 @@ def report_purge(result: PurgeResult, metrics: Metrics | None = None) -> None:
         metrics.purged_rows.labels(data="events").inc(result.events_deleted)
         metrics.purged_rows.labels(data="dedup").inc(result.dedup_deleted)
         metrics.purged_rows.labels(data="idempotency").inc(result.idempotency_deleted)
+        metrics.purged_rows.labels(data="dead_letters").inc(result.dead_letters_deleted)
+        metrics.purged_rows.labels(data="deliveries").inc(result.deliveries_deleted)
 
 
 async def maintain_once(svc: Services) -> PurgeResult:
     """Create the coming days' partitions, then purge what is past each project's retention."""
     await svc.store.ensure_partitions()
-    result = await svc.store.purge()
+    result = await svc.store.purge(dead_letter_days=svc.settings.forward_dead_letter_days)
     report_purge(result, svc.metrics)
     return result
 
@@ -271,6 +273,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             *ROUTES,
             *manage.ROUTES,
             *subjects.ROUTES,
+            *destinations.ROUTES,
             *segment.ROUTES,
             *posthog.ROUTES,
             *openapi.ROUTES,

@@ -111,6 +111,25 @@ class Settings:
     idempotency_ttl_s: float = 86400.0
     idempotency_lock_s: float = 60.0
 
+    # Forwarding (forwarder.py). Destinations on loopback, private or link-local addresses are
+    # refused unless this is true (tests, local development): a partner must not reach our
+    # own network through a webhook URL.
+    destinations_allow_private: bool = False
+    # Events per delivery request, and delivery requests in flight per worker process (each
+    # holds a database connection while its request runs).
+    forward_batch_events: int = 100
+    forward_concurrency: int = 2
+    forward_timeout_s: float = 10.0
+    # Retries back off exponentially from base to max (with jitter); a row goes dead after
+    # max_attempts or max_age, whichever comes first; dead letters are kept dead_letter_days.
+    forward_backoff_base_s: float = 1.0
+    forward_backoff_max_s: float = 900.0
+    forward_max_attempts: int = 20
+    forward_max_age_s: float = 86400.0
+    forward_dead_letter_days: int = 7
+    # How often an idle forwarder looks for due rows that another process wrote.
+    forward_poll_s: float = 1.0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every ``INGEST_*`` variable; raise one ConfigError that lists all bad ones."""
@@ -156,6 +175,16 @@ class Settings:
         take("MAX_CONNECTIONS", "max_connections", _positive_int)
         take("IDEMPOTENCY_TTL_SECONDS", "idempotency_ttl_s", _positive_float)
         take("IDEMPOTENCY_LOCK_SECONDS", "idempotency_lock_s", _positive_float)
+        take("DESTINATIONS_ALLOW_PRIVATE", "destinations_allow_private", _bool)
+        take("FORWARD_BATCH_EVENTS", "forward_batch_events", _positive_int)
+        take("FORWARD_CONCURRENCY", "forward_concurrency", _positive_int)
+        take("FORWARD_TIMEOUT_SECONDS", "forward_timeout_s", _positive_float)
+        take("FORWARD_BACKOFF_BASE_SECONDS", "forward_backoff_base_s", _positive_float)
+        take("FORWARD_BACKOFF_MAX_SECONDS", "forward_backoff_max_s", _positive_float)
+        take("FORWARD_MAX_ATTEMPTS", "forward_max_attempts", _positive_int)
+        take("FORWARD_MAX_AGE_SECONDS", "forward_max_age_s", _positive_float)
+        take("FORWARD_DEAD_LETTER_DAYS", "forward_dead_letter_days", _positive_int)
+        take("FORWARD_POLL_SECONDS", "forward_poll_s", _positive_float)
         for name, moved_to in _MOVED.items():
             if env.get(f"INGEST_{name}"):
                 errors.append(f"INGEST_{name}: {moved_to}")
@@ -177,6 +206,15 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError(f"must be a positive integer, got {value}")
     return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
 
 
 def _port(raw: str) -> int:

@@ -1,7 +1,10 @@
-"""Turns posted events into rows: validate, correct the clock, hash PII, drop IPs and device ids.
+"""Turns posted events into rows: validate, correct the clock, hash PII, drop IPs, set device
+ids aside.
 
 Pure code (no starlette, no asyncpg). What leaves this module is a row tuple for COPY plus
-per-event results; a raw email, phone, IP or device id never survives into either.
+per-event results; a raw email, phone or IP never survives into either. Device ids leave the
+event too: they ride at the end of the row (DEVICES), outside the columns of events, and only
+the forwarding outbox stores them.
 """
 
 from __future__ import annotations
@@ -49,7 +52,10 @@ COLUMNS: Final = (
     "traits",
     "context",
 )
+# A Row is the COLUMNS of events, then one more value: the event's device ids (JSON bytes, or
+# None), which events never stores and the outbox keeps until delivery.
 Row = tuple[Any, ...]
+DEVICES: Final = len(COLUMNS)
 
 # Field spellings accepted on input: native snake_case and Segment's camelCase.
 _ALIASES: Final = {
@@ -78,20 +84,23 @@ _IP_KEYS: Final = frozenset(
         "realip",
     }
 )
-# Device identifiers (IDFA, GAID, vendor ids): kept only until forwarded, and nothing forwards yet.
-_DEVICE_ID_KEYS: Final = frozenset(
-    {
-        "advertisingid",
-        "adid",
-        "idfa",
-        "idfv",
-        "gaid",
-        "googleadvertisingid",
-        "androidid",
-        "deviceadvertisingid",
-        "adtrackingid",
-    }
-)
+# Device identifiers, by normalized key: taken out of the event wherever they appear and kept
+# (outbox only) until forwarded. Advertising ids (IDFA, GAID) are what ad platforms match on as
+# `madid`; vendor ids (IDFV, Android ID) identify the device to the app's own vendor.
+_DEVICE_ID_KEYS: Final = {
+    "advertisingid": "advertising_id",
+    "adid": "advertising_id",
+    "idfa": "advertising_id",
+    "gaid": "advertising_id",
+    "googleadvertisingid": "advertising_id",
+    "deviceadvertisingid": "advertising_id",
+    "adtrackingid": "advertising_id",
+    "idfv": "device_id",
+    "androidid": "device_id",
+}
+_MAX_DEVICE_ID_CHARS: Final = 128
+# What iOS reports as the IDFA when the user has not allowed tracking (ATT): not an id.
+_ZERO_AD_ID: Final = "00000000-0000-0000-0000-000000000000"
 # Property keys repeat across events (the same SDK sends the same keys): normalise each once.
 _normalize_key: Final = functools.lru_cache(maxsize=8192)(pii.normalize_key)
 _IPV6_CHARS: Final = re.compile(r"^[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]+)?$")
@@ -266,8 +275,11 @@ class EventParser:
         device = context.get("device")
         if isinstance(device, dict):
             # Segment's context.device.id is the IDFV or Android ID: a device id like the ad ids,
-            # though its key is too generic to drop everywhere.
-            device.pop("id", None)
+            # though its key is too generic to take out everywhere.
+            found.device("device_id", device.pop("id", None))
+            if device.get("adTrackingEnabled") is False:
+                # The user opted out of ad tracking: the ad id is not ours to pass on.
+                found.ad_tracking = False
         ctx_traits = context.pop("traits", None)
         if isinstance(ctx_traits, dict):
             scrub.walk_object(ctx_traits, "context.traits", rank=1)
@@ -322,6 +334,7 @@ class EventParser:
             props_json,
             traits_json,
             context_json,
+            found.devices_json(),
         )
 
     def _id(
@@ -388,6 +401,26 @@ class _Found:
     email_rank: int = 99
     phone: pii.PhoneDigest | None = None
     phone_rank: int = 99
+    devices: dict[str, str] | None = None
+    ad_tracking: bool = True
+
+    def device(self, kind: str, value: Any) -> None:
+        """Keep the first device id of each kind; anything that is not a short string is not
+        an id and is dropped."""
+        if not isinstance(value, str) or not value or len(value) > _MAX_DEVICE_ID_CHARS:
+            return
+        if self.devices is None:
+            self.devices = {}
+        self.devices.setdefault(kind, value)
+
+    def devices_json(self) -> bytes | None:
+        devices = self.devices
+        if devices is None:
+            return None
+        ad_id = devices.get("advertising_id")
+        if ad_id is not None and (not self.ad_tracking or ad_id == _ZERO_AD_ID):
+            del devices["advertising_id"]
+        return orjson.dumps(devices) if devices else None
 
 
 class _Scrubber:
@@ -424,7 +457,10 @@ class _Scrubber:
                 key = new_key
             nkey = _normalize_key(key)
             child = f"{path}.{key}"
-            if nkey in _IP_KEYS or nkey in _DEVICE_ID_KEYS:
+            if nkey in _IP_KEYS:
+                del obj[key]
+            elif nkey in _DEVICE_ID_KEYS:
+                self.found.device(_DEVICE_ID_KEYS[nkey], value)
                 del obj[key]
             elif isinstance(value, str):
                 replaced = self._string(value, nkey, child, rank if depth == 1 else 9)

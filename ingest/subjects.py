@@ -205,11 +205,11 @@ async def _erase(call: Call, project: Project, subject: Subject) -> Response:
     )
     if erased is None:
         raise NotFound("no such project")
-    counts, identifiers = erased
+    counts, identifiers, forwarded = erased
     call.svc.metrics.subject_requests.labels(kind="erase").inc()
     async with store.pool.acquire() as conn, conn.transaction():
         receipt = await store.complete_erasure(
-            conn, project.project_id, erasure_id, counts, identifiers
+            conn, project.project_id, erasure_id, counts, identifiers, forwarded
         )
         return await call.finish(
             conn,

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from ingest.config import Settings
-from ingest.events import COLUMNS, EventParser, Limits, Row, Source
+from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Row, Source
 from ingest.store import EventWrites, init_connection
 
 HERE: Final = Path(__file__).resolve().parent
@@ -849,6 +849,8 @@ async def copy_rate(
             seq = 0
             lat = latencies[i]
             ntpl = len(templates)
+            # A raw COPY writes the columns of events; the service's rows end with device ids.
+            width = len(COLUMNS) if mode == "copy" else DEVICES + 1
             await go.wait()
             while time.perf_counter() < end:
                 received_at = datetime.now(UTC)
@@ -856,7 +858,7 @@ async def copy_rate(
                 for _ in range(batch):
                     seq += 1
                     t = templates[(i * 7919 + seq) % ntpl]
-                    rows.append((t[0], received_at, f"{name}-{i}-{seq}", *t[3:]))
+                    rows.append((t[0], received_at, f"{name}-{i}-{seq}", *t[3:width]))
                 started = time.perf_counter()
                 if mode == "copy":
                     await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)

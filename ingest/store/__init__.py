@@ -19,6 +19,15 @@ from ingest.store._db import (
     init_connection,
 )
 from ingest.store.audit import AuditEntry, AuditMixin, AuditRecord
+from ingest.store.forwarding import (
+    DeadLetter,
+    Destination,
+    DestinationChanges,
+    Failure,
+    ForwardingMixin,
+    OutboxRow,
+    QueueStats,
+)
 from ingest.store.idempotency import IdempotencyKey, IdempotencyMixin, IdempotencyState
 from ingest.store.retention import (
     PURGE_BATCH_ROWS,
@@ -54,7 +63,11 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "Connection",
+    "DeadLetter",
+    "Destination",
+    "DestinationChanges",
     "EventWrites",
+    "Failure",
     "Fate",
     "IdempotencyKey",
     "IdempotencyState",
@@ -63,10 +76,12 @@ __all__ = [
     "KeyInfo",
     "KeyRecord",
     "LastSecretKey",
+    "OutboxRow",
     "Profile",
     "Project",
     "ProjectChanges",
     "PurgeResult",
+    "QueueStats",
     "Receipt",
     "Store",
     "create_pool",
@@ -76,7 +91,9 @@ __all__ = [
 ]
 
 
-class Store(TenancyMixin, RetentionMixin, AuditMixin, IdempotencyMixin, SubjectsMixin):
+class Store(
+    TenancyMixin, RetentionMixin, AuditMixin, IdempotencyMixin, SubjectsMixin, ForwardingMixin
+):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.writes = EventWrites()

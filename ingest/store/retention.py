@@ -11,6 +11,7 @@ from typing import Any, Final
 import asyncpg
 
 from ingest.store._db import Connection, StoreBase
+from ingest.store.forwarding import purge_forwarding
 from ingest.store.idempotency import _DELETE_EXPIRED_IDEMPOTENCY
 from ingest.store.tenancy import DEFAULT_EVENTS_RETENTION_DAYS
 from ingest.store.writes import _SUBJECT_BARRIER, SUBJECT_LOCK
@@ -27,6 +28,8 @@ class PurgeResult:
     events_deleted: int = 0
     dedup_deleted: int = 0
     idempotency_deleted: int = 0
+    dead_letters_deleted: int = 0
+    deliveries_deleted: int = 0
     projects_finished: int = 0
     is_skipped: bool = False
 
@@ -37,6 +40,8 @@ class PurgeResult:
             "events_deleted": self.events_deleted,
             "dedup_deleted": self.dedup_deleted,
             "idempotency_deleted": self.idempotency_deleted,
+            "dead_letters_deleted": self.dead_letters_deleted,
+            "deliveries_deleted": self.deliveries_deleted,
             "projects_finished": self.projects_finished,
             "skipped": self.is_skipped,
         }
@@ -139,8 +144,12 @@ _DELETE_PROJECT_DEDUP: Final = """
       ))
 """
 
-# A project's small tables, deleted in one statement each.
+# A project's small tables, deleted in one statement each. The outbox goes before its
+# destinations (whose DELETE would otherwise cascade to it).
 _DELETE_PROJECT_ROWS: Final = (
+    ("outbox", "DELETE FROM outbox WHERE project_id = $1"),
+    ("deliveries", "DELETE FROM deliveries WHERE project_id = $1"),
+    ("destinations", "DELETE FROM destinations WHERE project_id = $1"),
     ("user_profiles", "DELETE FROM user_profiles WHERE project_id = $1"),
     ("suppressions", "DELETE FROM suppressions WHERE project_id = $1"),
     ("erasures", "DELETE FROM erasures WHERE project_id = $1"),
@@ -178,7 +187,11 @@ class RetentionMixin(StoreBase):
         return created
 
     async def purge(
-        self, now: datetime | None = None, *, batch_rows: int = PURGE_BATCH_ROWS
+        self,
+        now: datetime | None = None,
+        *,
+        batch_rows: int = PURGE_BATCH_ROWS,
+        dead_letter_days: int = 7,
     ) -> PurgeResult:
         """Delete what is past each project's retention; see the README's Retention section.
 
@@ -188,6 +201,8 @@ class RetentionMixin(StoreBase):
            kept for a longer-lived project, and the default partition), ``batch_rows`` a
            statement.
         3. Per project, message ids older than its dedup window are deleted, in batches too.
+        4. Per project, forwarding's dead letters older than ``dead_letter_days`` and the
+           delivery records of events past its retention are deleted.
 
         Events are kept by whole UTC days: those received on day D go once D is more than
         ``events_retention_days`` days before today, so an expiry always falls on a partition
@@ -208,7 +223,7 @@ class RetentionMixin(StoreBase):
                     default=DEFAULT_EVENTS_RETENTION_DAYS,
                 )
                 dropped, deferred = await self._drop_partitions(conn, today, longest)
-                events = dedup = 0
+                events = dedup = dead_letters = deliveries = 0
                 for row in projects:
                     events += await self._delete_batches(
                         conn,
@@ -224,6 +239,17 @@ class RetentionMixin(StoreBase):
                         now - timedelta(days=row["dedup_window_days"]),
                         batch_rows,
                     )
+                    dead, delivered = await purge_forwarding(
+                        conn,
+                        row["id"],
+                        dead_before=now - timedelta(days=dead_letter_days),
+                        received_before=_day_start(
+                            today - timedelta(days=row["events_retention_days"])
+                        ),
+                        batch_rows=batch_rows,
+                    )
+                    dead_letters += dead
+                    deliveries += delivered
                 idempotency = await self._delete_batches(
                     conn, _DELETE_EXPIRED_IDEMPOTENCY, now, batch_rows
                 )
@@ -240,6 +266,8 @@ class RetentionMixin(StoreBase):
             events_deleted=events,
             dedup_deleted=dedup,
             idempotency_deleted=idempotency,
+            dead_letters_deleted=dead_letters,
+            deliveries_deleted=deliveries,
             projects_finished=finished,
         )
 

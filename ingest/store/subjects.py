@@ -13,6 +13,7 @@ import asyncpg
 from ingest import pseudonyms
 from ingest.pseudonyms import Kind
 from ingest.store._db import Connection, StoreBase, _iso, _one
+from ingest.store.forwarding import erase_forwarding
 from ingest.store.retention import PURGE_BATCH_ROWS
 from ingest.store.tenancy import _PROJECT_KEY
 from ingest.store.writes import _SUBJECT_BARRIER, SUBJECT_LOCK
@@ -98,6 +99,9 @@ class Receipt:
     identifiers: int
     requested_at: datetime
     completed_at: datetime | None
+    # Per destination, what had already been delivered before the erasure (GDPR Art. 19: the
+    # partner passes the erasure on to those recipients).
+    forwarded: list[dict[str, Any]]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +112,7 @@ class Receipt:
             "status": self.status,
             "deleted": self.counts,
             "identifiers_suppressed": self.identifiers,
+            "forwarded": self.forwarded,
             "requested_at": self.requested_at.isoformat(),
             "completed_at": _iso(self.completed_at),
         }
@@ -125,6 +130,7 @@ def _receipt(row: asyncpg.Record) -> Receipt:
         row["identifiers"],
         row["requested_at"],
         row["completed_at"],
+        list(row["forwarded"]),
     )
 
 
@@ -241,12 +247,12 @@ _INSERT_ERASURE: Final = """
 
 _ERASURE_COLUMNS: Final = """
     id, project_id, subject_kind, subject_digest, request_id, status, counts, identifiers,
-    requested_at, completed_at
+    requested_at, completed_at, forwarded
 """
 
 _COMPLETE_ERASURE: Final = f"""
     UPDATE erasures
-    SET status = 'completed', counts = $3, identifiers = $4, completed_at = now()
+    SET status = 'completed', counts = $3, identifiers = $4, forwarded = $5, completed_at = now()
     WHERE project_id = $1
       AND id = $2
     RETURNING {_ERASURE_COLUMNS}
@@ -339,9 +345,10 @@ class SubjectsMixin(StoreBase):
         key_id: uuid.UUID | None,
         request_id: str | None,
         batch_rows: int = PURGE_BATCH_ROWS,
-    ) -> tuple[dict[str, int], int] | None:
-        """Erase a person from a project; (counts per data class, identifiers suppressed),
-        or None when the project is missing. The caller completes the receipt.
+    ) -> tuple[dict[str, int], int, list[dict[str, Any]]] | None:
+        """Erase a person from a project; (counts per data class, identifiers suppressed,
+        what had reached each destination), or None when the project is missing. The caller
+        completes the receipt.
 
         The order is what keeps a racing event out (RELIABILITY T17): (1) commit the
         suppressions of every identifier that names the person (and those their events link
@@ -400,15 +407,18 @@ class SubjectsMixin(StoreBase):
             status = await conn.execute(
                 _DELETE_SUBJECT_PROFILES, project_id, sorted(everyone.user_ids)
             )
+            queued, forwarded = await erase_forwarding(
+                conn, project_id, message_ids, batch_rows=batch_rows
+            )
             counts = {
                 "events": len(message_ids),
                 "message_ids": dedup,
                 "user_profiles": int(status.split()[-1]),
-                # Nothing else holds a person's data yet: forwarding (its outbox) does not
-                # exist, and the idempotency cache keeps no request body (see README).
-                "forward_queue": 0,
+                # Outbox rows, waiting or dead, device ids included. Nothing else holds a
+                # person's data: the idempotency cache keeps no request body (see README).
+                "forward_queue": queued,
             }
-        return counts, len(everyone)
+        return counts, len(everyone), forwarded
 
     @staticmethod
     async def complete_erasure(
@@ -417,8 +427,11 @@ class SubjectsMixin(StoreBase):
         erasure_id: uuid.UUID,
         counts: dict[str, int],
         identifiers: int,
+        forwarded: list[dict[str, Any]],
     ) -> Receipt:
-        row = await conn.fetchrow(_COMPLETE_ERASURE, project_id, erasure_id, counts, identifiers)
+        row = await conn.fetchrow(
+            _COMPLETE_ERASURE, project_id, erasure_id, counts, identifiers, forwarded
+        )
         return _receipt(_one(row))
 
     async def get_erasure(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
@@ -11,7 +11,7 @@ from typing import Any, Final
 import orjson
 
 from ingest import pseudonyms
-from ingest.events import COLUMNS, Row
+from ingest.events import COLUMNS, DEVICES, Row
 from ingest.pseudonyms import Kind
 from ingest.store._db import Connection
 
@@ -52,6 +52,10 @@ _CLAIM_EVENTS: Final = """
                              $5::integer[], $6::bytea[], $7::integer)
 """
 
+# The outbox holds a copy of the stored event (every column of events but the project, which
+# leads), the destination it waits for, and the device ids that events never holds.
+_OUTBOX_COLUMNS: Final = ("project_id", "destination_id", *COLUMNS[1:], "devices")
+
 _PROJECT_KEYS: Final = "SELECT id, pseudonym_key FROM projects WHERE id = ANY($1::uuid[])"
 _KEY_CACHE_MAX: Final = 100_000
 
@@ -76,6 +80,9 @@ class EventWrites:
     def __init__(self) -> None:
         self._keys: dict[uuid.UUID, bytes] = {}
         self._suppressing: set[uuid.UUID] = set()
+        # Called after a transaction that wrote outbox rows commits: the service's forwarder
+        # wakes up instead of waiting for its next poll.
+        self.on_outbox: Callable[[], None] | None = None
 
     async def insert_events(self, conn: Connection, rows: Sequence[Row]) -> list[Fate]:
         """Store rows not seen before in one transaction, unless their project is gone or they
@@ -105,8 +112,10 @@ class EventWrites:
                 self._suppressing |= need  # suppressions are kept until the project goes
             dropped = {order[r["idx"] - 1] for r in claim if r["kind"] == "dropped"}
             fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
+            destinations = _destinations(claim)
             fates: list[Fate] = []
             records: list[Row] = []
+            outbox: list[Row] = []
             for index, row in enumerate(rows):
                 key = (row[0], row[2])
                 if index in dropped:
@@ -114,12 +123,19 @@ class EventWrites:
                 elif key in fresh:
                     fresh.discard(key)  # a second copy inside the same batch is a duplicate
                     fates.append(Fate.STORED)
-                    records.append(row)
+                    records.append(row[:DEVICES])
+                    for destination, types in destinations.get(row[0], ()):
+                        if types is None or row[_TYPE] in types:
+                            outbox.append((row[0], destination, *row[1:]))
                 else:
                     fates.append(Fate.DUPLICATE)
             if records:
                 await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
                 await _update_profiles(conn, records)
+            if outbox:
+                await conn.copy_records_to_table("outbox", records=outbox, columns=_OUTBOX_COLUMNS)
+        if outbox and self.on_outbox is not None:
+            self.on_outbox()
         return fates
 
     async def _digests(
@@ -149,6 +165,22 @@ class EventWrites:
                     positions.append(position)
                     digests.append(pseudonyms.digest(key, kind, value))
         return projects, positions, digests
+
+
+def _destinations(
+    claim: Sequence[Any],
+) -> dict[uuid.UUID, list[tuple[uuid.UUID, frozenset[str] | None]]]:
+    """The claim's 'destination' answers: per project, each destination and the event types it
+    takes (None: every type)."""
+    found: dict[uuid.UUID, list[tuple[uuid.UUID, frozenset[str] | None]]] = {}
+    for r in claim:
+        if r["kind"] != "destination":
+            continue
+        ident, _, types = r["message"].partition(":")
+        found.setdefault(r["project"], []).append(
+            (uuid.UUID(ident), frozenset(types.split(",")) if types else None)
+        )
+    return found
 
 
 async def _update_profiles(conn: Connection, records: Sequence[Row]) -> None:

@@ -145,7 +145,8 @@ def test_any_event_is_either_a_row_or_a_reason(event: dict[str, Any]) -> None:
         assert issue.code
         assert issue.reason
     for row in parsed.rows:
-        for part in row[-3:]:
+        # properties, traits, context; then the device ids (JSON or None), kept apart.
+        for part in row[-4:-1]:
             assert isinstance(orjson.loads(part), dict)
 
 
