@@ -25,6 +25,7 @@ from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
 from ingest.events import EventParser, Limits
+from ingest.forwarder import Forwarder
 from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import problem_response
 from ingest.logs import RequestContext, configure_logging
@@ -229,6 +230,9 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             retry_after_s=settings.retry_after_s,
         )
         await writer.start()
+        forwarder = Forwarder(store, metrics, settings)
+        store.writes.on_outbox = forwarder.wake
+        await forwarder.start()
         limits = Limits.from_settings(settings)
 
         def locate(ip: IPAddress) -> GeoResult | None:
@@ -251,6 +255,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
                 settings.rate_limit_per_key / settings.workers,
                 settings.rate_limit_burst / settings.workers,
             ),
+            forwarder=forwarder,
         )
         maintenance = asyncio.create_task(_maintain(svc), name="ingest-maintenance")
         # Everything allocated so far lives as long as the process: move it out of the
@@ -262,6 +267,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
+            await forwarder.stop()
             await writer.stop()
             await pool.close()
             geo.close()

@@ -127,8 +127,10 @@ class Settings:
     forward_max_attempts: int = 20
     forward_max_age_s: float = 86400.0
     forward_dead_letter_days: int = 7
-    # How often an idle forwarder looks for due rows that another process wrote.
+    # How often an idle forwarder looks for due rows that another process wrote, and how often
+    # it expires rows past their age and refreshes the queue gauges.
     forward_poll_s: float = 1.0
+    forward_sweep_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +187,7 @@ class Settings:
         take("FORWARD_MAX_AGE_SECONDS", "forward_max_age_s", _positive_float)
         take("FORWARD_DEAD_LETTER_DAYS", "forward_dead_letter_days", _positive_int)
         take("FORWARD_POLL_SECONDS", "forward_poll_s", _positive_float)
+        take("FORWARD_SWEEP_SECONDS", "forward_sweep_s", _positive_float)
         for name, moved_to in _MOVED.items():
             if env.get(f"INGEST_{name}"):
                 errors.append(f"INGEST_{name}: {moved_to}")

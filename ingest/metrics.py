@@ -144,6 +144,63 @@ class Metrics:
             registry=r,
         )
 
+        # Forwarding, per destination (its id: chosen by us, bounded by the destinations that
+        # exist). The gauges are read from the outbox every few seconds by each worker, so
+        # every worker reports the same figure: the most recent one is shown.
+        self.forward_delivered = Counter(
+            "ingest_forward_delivered",
+            "Events delivered to a destination (its answer was 2xx).",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_failed = Counter(
+            "ingest_forward_failed",
+            "Events in failed delivery attempts, by reason (http_500, http_429, timeout, "
+            "network, forbidden_address...).",
+            ["destination", "reason"],
+            registry=r,
+        )
+        self.forward_retried = Counter(
+            "ingest_forward_retried",
+            "Events scheduled for another delivery attempt after a failure.",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_dead = Counter(
+            "ingest_forward_dead_lettered",
+            "Events moved to the dead letters (attempts or age exhausted, or refused for good).",
+            ["destination"],
+            registry=r,
+        )
+        self.forward_seconds = Histogram(
+            "ingest_forward_request_duration_seconds",
+            "Time of one delivery request to a destination.",
+            ["destination"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.forward_queue_events = Gauge(
+            "ingest_forward_queue_events",
+            "Events waiting in the outbox for a destination.",
+            ["destination"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.forward_oldest_seconds = Gauge(
+            "ingest_forward_oldest_age_seconds",
+            "Age of the oldest event waiting for a destination (0 when none waits).",
+            ["destination"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.forward_dead_letters = Gauge(
+            "ingest_forward_dead_letters",
+            "Dead letters a destination holds (retry them through the API).",
+            ["destination"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text a scrape gets: this process's metrics, or every worker's when several run."""
         directory = os.environ.get(MULTIPROC_ENV)

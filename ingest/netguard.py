@@ -108,7 +108,7 @@ async def resolve(target: Target, *, allow_private: bool) -> list[IPAddress]:
             raise Refused("unresolvable_host", "the url's host does not resolve") from None
         addresses = []
         for info in infos:
-            address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
             if address not in addresses:
                 addresses.append(address)
         if not addresses:

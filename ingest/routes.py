@@ -21,6 +21,7 @@ from ingest.auth import Authenticator, presented_key
 from ingest.clientip import IPAddress, client_ip
 from ingest.config import Settings
 from ingest.events import EventParser, Issue, Parsed, Source, now
+from ingest.forwarder import Forwarder
 from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
@@ -62,6 +63,7 @@ class Services:
     auth: Authenticator
     metrics: Metrics
     limiter: RateLimiter
+    forwarder: Forwarder
 
 
 def services(request: Request) -> Services:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -135,6 +136,7 @@ def assert_receipt(receipt: dict[str, Any], project_id: str, kind: str) -> None:
         "identifiers_suppressed",
         "requested_at",
         "completed_at",
+        "forwarded",
     }
     assert receipt["project_id"] == project_id
     assert receipt["status"] == "completed"
@@ -861,7 +863,16 @@ class TestReceipts:
 # -- project deletion ----------------------------------------------------------------------
 
 
-PER_PROJECT_TABLES = ("events", "event_dedup", "user_profiles", "suppressions", "erasures")
+PER_PROJECT_TABLES = (
+    "events",
+    "event_dedup",
+    "user_profiles",
+    "suppressions",
+    "erasures",
+    "destinations",
+    "outbox",
+    "deliveries",
+)
 
 
 async def project_rows(conn: asyncpg.Connection, project_id: str) -> dict[str, int]:
@@ -885,6 +896,20 @@ class TestProjectDeletion:
     ) -> None:
         keep_pid, keep_key = await create_project(client, secret_key, "Keep")
         for pid, key in ((project["id"], write_key), (keep_pid, keep_key)):
+            # A paused destination: its outbox fills, nothing is sent.
+            destination = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO destinations (project_id, id, type, name, url, status)"
+                " VALUES ($1::uuid, $2, 'webhook', 'hook', 'https://hooks.example/', 'paused')",
+                pid,
+                destination,
+            )
+            await conn.execute(
+                "INSERT INTO deliveries (project_id, destination_id, message_id, received_at)"
+                " VALUES ($1::uuid, $2, 'm-delivered', now())",
+                pid,
+                destination,
+            )
             await plant_user(client, key, "gone-user")
             await send(client, key, {"type": "identify", "user_id": "stays", "traits": {"a": 1}})
             await erase_user(client, secret_key, pid, "gone-user")
@@ -903,6 +928,9 @@ class TestProjectDeletion:
             "user_profiles": doomed["user_profiles"],
             "suppressions": doomed["suppressions"],
             "erasures": doomed["erasures"],
+            "destinations": doomed["destinations"],
+            "outbox": doomed["outbox"],
+            "deliveries": doomed["deliveries"],
         }
         assert await project_rows(conn, project["id"]) == dict.fromkeys(PER_PROJECT_TABLES, 0)
         assert await project_rows(conn, keep_pid) == kept

@@ -103,7 +103,8 @@ async def test_the_erasure_waits_for_a_writer_that_missed_its_suppressions(
         await tx.commit()
         erased = await asyncio.wait_for(erasure, 10)
         assert erased is not None
-        counts, identifiers = erased
+        counts, identifiers, forwarded = erased
+        assert forwarded == []
         assert counts["events"] == 3
         assert identifiers == 1
         assert await conn.fetchval("SELECT count(*) FROM events WHERE user_id = 'u-1'") == 0

@@ -23,6 +23,9 @@ PROJECT_TABLES = {
     "user_profiles": "project_id",
     "suppressions": "project_id",
     "erasures": "project_id",
+    "destinations": "project_id",
+    "outbox": "project_id",
+    "deliveries": "project_id",
 }
 # An organization's data that grows with use (the audit log is kept forever): distributed on
 # org_id, co-located with each other, not with the project tables.
@@ -160,12 +163,18 @@ def test_statements_reading_two_tables_are_reviewed() -> None:
     tables = {}
     for name, query in _statements().items():
         named = set(re.findall(r"\b(?:FROM|JOIN|INTO|UPDATE)\s+(\w+)", query, re.IGNORECASE))
-        named -= {"SET", "unnest"}
+        named -= {"SET", "unnest", "SKIP"}  # FOR UPDATE SKIP LOCKED
         if len(named) > 1:
             tables[name] = named
     assert tables == {
         "_FIND_KEY": {"api_keys", "projects"},
         "_EVENT_PARTITIONS": {"pg_inherits", "pg_class"},
+        # Forwarding: the delivery worker's scan of due destinations (projects is a reference
+        # table; outbox is co-located with destinations on project_id), its delete-and-record
+        # of a delivered batch (one project), and the expiry sweep (a CTE of one table).
+        "_DUE_DESTINATIONS": {"destinations", "projects", "outbox"},
+        "_DELIVERED": {"outbox", "deliveries", "gone"},
+        "_EXPIRE_PENDING": {"outbox", "expired"},
     }
 
 
@@ -200,10 +209,11 @@ def test_store_joins_distributed_tables_only_on_the_project() -> None:
                     f"{left_alias}.{DISTRIBUTED[left]}",
                     f"{right_alias}.{DISTRIBUTED[right]}",
                 }, condition
-    # Every change to a distributed table names its tenant: each runs on one shard. The one
-    # exception is the hourly purge of expired Idempotency-Keys, across every organization (a
-    # multi-shard DELETE; docs/scaling.md).
-    multi_shard = {"_DELETE_EXPIRED_IDEMPOTENCY"}
+    # Every change to a distributed table names its tenant: each runs on one shard. The
+    # exceptions are the hourly purge of expired Idempotency-Keys, across every organization,
+    # and the forwarder's sweep of outbox rows past their age, across every project (multi-shard
+    # statements; docs/scaling.md).
+    multi_shard = {"_DELETE_EXPIRED_IDEMPOTENCY", "_EXPIRE_PENDING"}
     seen = set()
     for name, value in _statements().items():
         change = re.search(r"\b(?:DELETE FROM|UPDATE)\s+(\w+)", value)

@@ -1,0 +1,164 @@
+"""The pure parts of forwarding: device ids set aside by the parser, backoff, Retry-After,
+the webhook signature, and which URLs and addresses a destination may use."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from ingest import netguard
+from ingest.config import Settings
+from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Source
+from ingest.forwarder import backoff_s, retry_after_s, sign
+
+PARSER = EventParser(Limits.from_settings(Settings()), lambda ip: None)
+SOURCE = Source(
+    project_id=uuid.uuid4(), default_country=None, received_at=datetime.now(UTC), peer_geo=None
+)
+IDFA = "AEBE52E7-03EE-455A-B3C4-E57283966239"
+
+
+def parse(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str] | None]:
+    parsed = PARSER.parse([{"event": "e", "user_id": "u", **event}], SOURCE)
+    [row] = parsed.rows
+    stored = dict(zip(COLUMNS, row[:DEVICES], strict=True))
+    devices = row[DEVICES]
+    return stored, orjson.loads(devices) if devices is not None else None
+
+
+class TestDeviceIds:
+    def test_segment_device_ids_leave_the_event_for_the_outbox(self) -> None:
+        stored, devices = parse(
+            {"context": {"device": {"advertisingId": IDFA, "id": "idfv-1", "model": "iPhone"}}}
+        )
+        assert devices == {"advertising_id": IDFA, "device_id": "idfv-1"}
+        context = orjson.loads(stored["context"])
+        assert context == {"device": {"model": "iPhone"}}
+
+    def test_ad_ids_anywhere_are_taken_out(self) -> None:
+        stored, devices = parse(
+            {"properties": {"idfa": IDFA, "plan": "pro"}, "traits": {"android_id": "a-1"}}
+        )
+        assert devices == {"advertising_id": IDFA, "device_id": "a-1"}
+        assert orjson.loads(stored["properties"]) == {"plan": "pro"}
+        assert orjson.loads(stored["traits"]) == {}
+
+    @pytest.mark.parametrize(
+        "device",
+        [
+            {"advertisingId": IDFA, "adTrackingEnabled": False},  # the user opted out
+            {"advertisingId": "00000000-0000-0000-0000-000000000000"},  # iOS without consent
+        ],
+    )
+    def test_an_ad_id_without_consent_is_not_kept(self, device: dict[str, Any]) -> None:
+        stored, devices = parse({"context": {"device": device}})
+        assert devices is None
+        assert IDFA not in stored["context"].decode()
+
+    def test_no_device_ids_no_devices(self) -> None:
+        _, devices = parse({"context": {"device": {"id": 123, "advertisingId": ""}}})
+        assert devices is None
+
+
+class TestBackoff:
+    def test_grows_exponentially_with_jitter_and_a_cap(self) -> None:
+        rng = random.Random(7)
+        for attempt, ceiling in ((1, 1.0), (2, 2.0), (5, 16.0), (12, 900.0), (80, 900.0)):
+            for _ in range(50):
+                wait = backoff_s(attempt, 1.0, 900.0, rng)
+                assert ceiling / 2 <= wait <= ceiling
+
+    def test_jitter_spreads_retries(self) -> None:
+        rng = random.Random(1)
+        assert len({round(backoff_s(4, 1.0, 900.0, rng), 6) for _ in range(20)}) == 20
+
+
+class TestRetryAfter:
+    def test_seconds(self) -> None:
+        assert retry_after_s("120") == 120.0
+
+    def test_http_date(self) -> None:
+        now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+        later = (now + timedelta(seconds=30)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+        assert retry_after_s(later, now) == 30.0
+
+    @pytest.mark.parametrize("value", [None, "", "soon", "-5"])
+    def test_nonsense_is_ignored(self, value: str | None) -> None:
+        assert retry_after_s(value) is None
+
+
+def test_signature_is_hmac_sha256_over_timestamp_and_body() -> None:
+    body = b'{"batch":[]}'
+    header = sign("whsec_abc", 1700000000, body)
+    expected = hmac.new(b"whsec_abc", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+
+
+class TestUrls:
+    @pytest.mark.parametrize(
+        ("url", "code"),
+        [
+            ("http://hooks.example/", "insecure_url"),
+            ("ftp://hooks.example/", "invalid_url"),
+            ("https://user:pw@hooks.example/", "invalid_url"),
+            ("https:///path", "invalid_url"),
+            ("https://hooks.example/#x", "invalid_url"),
+            ("https://hooks.example/a b", "invalid_url"),
+            ("https://hooks.example:99999/", "invalid_url"),
+            ("https://hooks.example/" + "a" * 2048, "invalid_url"),
+        ],
+    )
+    def test_refused_forms(self, url: str, code: str) -> None:
+        with pytest.raises(netguard.Refused) as refused:
+            netguard.parse_url(url, allow_private=False)
+        assert refused.value.code == code
+
+    def test_http_is_for_local_development_only(self) -> None:
+        target = netguard.parse_url("http://127.0.0.1:8080/h?x=1", allow_private=True)
+        assert target.url_for(ipaddress.ip_address("127.0.0.1")) == "http://127.0.0.1:8080/h?x=1"
+        assert target.host_header == "127.0.0.1:8080"
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",  # cloud metadata
+            "100.64.0.1",  # carrier-grade NAT
+            "0.0.0.0",  # noqa: S104  # an address under test, not a bind
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+        ],
+    )
+    async def test_private_addresses_are_refused(self, address: str) -> None:
+        literal = f"[{address}]" if ":" in address else address
+        target = netguard.parse_url(f"https://{literal}/hook", allow_private=False)
+        with pytest.raises(netguard.Refused) as refused:
+            await netguard.resolve(target, allow_private=False)
+        assert refused.value.code == "forbidden_address"
+        assert await netguard.resolve(target, allow_private=True)
+
+    async def test_a_public_address_is_allowed(self) -> None:
+        target = netguard.parse_url("https://93.184.215.14/hook", allow_private=False)
+        assert await netguard.resolve(target, allow_private=False) == [
+            ipaddress.ip_address("93.184.215.14")
+        ]
+
+    async def test_a_name_that_resolves_to_loopback_is_refused(self) -> None:
+        target = netguard.parse_url("https://localhost/hook", allow_private=False)
+        with pytest.raises(netguard.Refused) as refused:
+            await netguard.resolve(target, allow_private=False)
+        assert refused.value.code == "forbidden_address"
