@@ -292,11 +292,36 @@ class TestProgress:
                     "SELECT $1, 'm' || g, now() - interval '2 days' FROM generate_series(1, 2) g",
                     project_id,
                 )
+                # Forwarding: a dead letter past INGEST_FORWARD_DEAD_LETTER_DAYS (2 here) and
+                # one within it; a delivery record of an event past the retention, one within.
+                destination = await conn.fetchval(
+                    "INSERT INTO destinations (project_id, id, type, name, url) "
+                    "VALUES ($1, gen_random_uuid(), 'webhook', 'h', 'https://h.example/') "
+                    "RETURNING id",
+                    project_id,
+                )
+                await conn.execute(
+                    "INSERT INTO outbox (project_id, destination_id, received_at, message_id, "
+                    "type, timestamp, status, dead_at) "
+                    "SELECT $1, $2, now(), 'd' || g, 'track', now(), 'dead', "
+                    "now() - g * interval '1 day' - interval '1 hour' "
+                    "FROM generate_series(1, 2) g",
+                    project_id,
+                    destination,
+                )
+                await conn.execute(
+                    "INSERT INTO deliveries (project_id, destination_id, message_id, received_at) "
+                    "SELECT $1, $2, 'm' || g, now() - g * interval '4 days' "
+                    "FROM generate_series(0, 1) g",
+                    project_id,
+                    destination,
+                )
             finally:
                 await conn.close()
 
         asyncio.run(seed())
-        result = _run(["purge"], _env(INGEST_DATABASE_URL=db_dsn))
+        env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_FORWARD_DEAD_LETTER_DAYS="2")
+        result = _run(["purge"], env)
         assert result.returncode == 0, result.stderr
         counts = {
             "partitions_dropped": 3,
@@ -304,6 +329,8 @@ class TestProgress:
             "events_deleted": 1,
             "dedup_deleted": 2,
             "idempotency_deleted": 0,
+            "dead_letters_deleted": 1,
+            "deliveries_deleted": 1,
             "projects_finished": 0,
             "skipped": False,
         }

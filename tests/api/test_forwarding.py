@@ -517,6 +517,43 @@ class TestErasure:
         assert [e["user_id"] for e in receiver.events()] == ["u2"]
 
 
+class TestPrivacy:
+    async def test_the_outbox_holds_digests_and_device_ids_never_raw_pii(
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        project: dict[str, Any],
+        write_key: str,
+        conn: asyncpg.Connection,
+        db_dsn: str,
+    ) -> None:
+        """What waits for a paused destination is the stored event plus its device ids: the
+        dump finds the device ids (so the search works) and no raw email or phone."""
+        destination = await create_destination(
+            client, secret_key, project["id"], url="http://127.0.0.1:9/hook"
+        )
+        r = await client.patch(
+            f"/v1/projects/{project['id']}/destinations/{destination['id']}",
+            json={"status": "paused"},
+            headers=bearer(secret_key),
+        )
+        assert r.status_code == 200, r.text
+        email, phone = "Canary.Outbox@Example.org", "+1 415 555 0142"
+        await send(
+            client,
+            write_key,
+            [
+                app_event(1, traits={"email": email}, properties={"phone": phone, "note": email}),
+            ],
+        )
+        assert await outbox_count(conn) == 1
+        dump = (await pg_dump(db_dsn, "--data-only")).lower()
+        assert AD_ID.lower() in dump
+        for raw in (email.lower(), "canary.outbox", "555 0142", "4155550142"):
+            assert raw not in dump, raw
+        assert hashlib.sha256(email.lower().encode()).hexdigest() in dump
+
+
 class TestAddressGuard:
     async def test_delivery_refuses_a_private_address(
         self,

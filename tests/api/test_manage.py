@@ -181,6 +181,9 @@ class TestDeleteProject:
             "user_profiles": 1,
             "suppressions": 0,
             "erasures": 0,
+            "destinations": 0,
+            "outbox": 0,
+            "deliveries": 0,
         }
         assert body["completed_at"]
 
@@ -249,6 +252,9 @@ class TestDeleteProject:
             "user_profiles": 0,
             "suppressions": 2,
             "erasures": 1,
+            "destinations": 0,
+            "outbox": 0,
+            "deliveries": 0,
         }
         for table in ("suppressions", "erasures"):
             assert await _count(conn, table, pid) == 0
