@@ -57,11 +57,11 @@ class Attempt:
     retry_after_s: float | None = None
 
 
-def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """The wait after the ``attempt``-th failure (1-based): exponential, capped, with jitter
-    between half and all of it, so that retries of many rows do not arrive together."""
-    ceiling = min(max_s, base_s * 2 ** min(attempt - 1, 62))
-    return rng.uniform(ceiling / 2, ceiling)
+def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
+    """The wait after the ``attempt``-th failure (1-based): exponential, capped, times
+    ``jitter`` (drawn between 0.5 and 1 per failed request), so that the retries of many
+    destinations and workers do not arrive together."""
+    return min(max_s, base_s * 2 ** min(attempt - 1, 62)) * jitter
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
@@ -327,6 +327,8 @@ class Forwarder:
         retry: list[tuple[int, float]] = []
         dead: list[int] = []
         honoured = min(attempt.retry_after_s or 0.0, s.forward_max_age_s)
+        # One draw per request: rows that failed together stay together (one batch next time).
+        jitter = self._rng.uniform(0.5, 1.0)
         wait = 0.0
         for row in rows:
             number = row.attempts + 1
@@ -336,7 +338,7 @@ class Forwarder:
                 continue
             delay = max(
                 honoured,
-                backoff_s(number, s.forward_backoff_base_s, s.forward_backoff_max_s, self._rng),
+                backoff_s(number, s.forward_backoff_base_s, s.forward_backoff_max_s, jitter),
             )
             retry.append((row.outbox_id, delay))
             wait = delay if wait == 0.0 else min(wait, delay)

@@ -21,7 +21,7 @@ from ingest.store._db import Connection, StoreBase, _iso
 
 _DESTINATION_COLUMNS: Final = """
     project_id, id, type, name, url, status, event_types, settings, retry_at, created_at,
-    updated_at
+    updated_at, secret IS NOT NULL AS has_secret
 """
 
 
@@ -38,6 +38,7 @@ class Destination:
     retry_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    has_secret: bool
     # Only the forwarder reads it (to sign, or to authenticate to the conversions API).
     secret: str | None = field(default=None, repr=False)
 
@@ -69,6 +70,7 @@ def _destination(row: asyncpg.Record, *, with_secret: bool = False) -> Destinati
         row["retry_at"],
         row["created_at"],
         row["updated_at"],
+        row["has_secret"],
         row["secret"] if with_secret else None,
     )
 
