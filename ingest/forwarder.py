@@ -61,7 +61,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float, jitter: float) -> float
     """The wait after the ``attempt``-th failure (1-based): exponential, capped, times
     ``jitter`` (drawn between 0.5 and 1 per failed request), so that the retries of many
     destinations and workers do not arrive together."""
-    return min(max_s, base_s * 2 ** min(attempt - 1, 62)) * jitter
+    return float(min(max_s, base_s * 2.0 ** min(attempt - 1, 62)) * jitter)
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:

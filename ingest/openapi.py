@@ -112,6 +112,10 @@ AUDIT_ACTIONS: Final = (
     "key.rotate",
     "subject.export",
     "subject.erase",
+    "destination.create",
+    "destination.update",
+    "destination.delete",
+    "destination.retry_dead_letters",
 )
 
 # Which problems each kind of route can answer with (405 comes from the router, see PROBLEMS).
@@ -138,6 +142,14 @@ def _responses(ok: int, schema: dict[str, Any], description: str, errors: tuple[
     for status in sorted(errors):
         out[str(status)] = {"$ref": f"#/components/responses/{_STATUS_REF[status]}"}
     return out
+
+
+def _no_content() -> Any:
+    """A partner DELETE that answers 204 with no body."""
+    out: dict[str, Any] = {"204": {"description": "Deleted."}}
+    for status in sorted((*PARTNER_WRITE_ERRORS, 404)):
+        out[str(status)] = {"$ref": f"#/components/responses/{_STATUS_REF[status]}"}
+    return _replayable(out)
 
 
 def _replayable(responses: Any) -> Any:
@@ -543,7 +555,7 @@ def _schemas() -> dict[str, Any]:
                 "deleted": {
                     "type": "object",
                     "description": "Rows deleted, per data class: events, message_ids, "
-                    "user_profiles, suppressions, erasures.",
+                    "user_profiles, suppressions, erasures, destinations, outbox, deliveries.",
                     "additionalProperties": count,
                 },
                 "completed_at": {"type": "string", "format": "date-time"},
@@ -707,6 +719,7 @@ def _schemas() -> dict[str, Any]:
                 "identifiers_suppressed",
                 "requested_at",
                 "completed_at",
+                "forwarded",
             ],
             "properties": {
                 "id": uuid_,
@@ -737,8 +750,36 @@ def _schemas() -> dict[str, Any]:
                 "deleted": {
                     "type": "object",
                     "description": "Rows deleted, per data class: events, message_ids, "
-                    "user_profiles, forward_queue.",
+                    "user_profiles, forward_queue (outbox rows waiting or dead, with their "
+                    "device ids).",
                     "additionalProperties": count,
+                },
+                "forwarded": {
+                    "type": "array",
+                    "description": "Destinations that had already received the person's "
+                    "events: pass the erasure on to them (GDPR Art. 19).",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "destination_id",
+                            "name",
+                            "type",
+                            "events_delivered",
+                            "first_delivered_at",
+                            "last_delivered_at",
+                        ],
+                        "properties": {
+                            "destination_id": uuid_,
+                            "name": {
+                                **nullable_string,
+                                "description": "Null when the destination was deleted since.",
+                            },
+                            "type": nullable_string,
+                            "events_delivered": count,
+                            "first_delivered_at": {"type": "string", "format": "date-time"},
+                            "last_delivered_at": {"type": "string", "format": "date-time"},
+                        },
+                    },
                 },
                 "identifiers_suppressed": {
                     **count,
@@ -759,6 +800,7 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        **_destination_schemas(uuid_, count, nullable_string, nullable_time),
         "Status": {
             "type": "object",
             "required": ["status"],
@@ -790,6 +832,210 @@ def _schemas() -> dict[str, Any]:
                 "accepted": {"type": "array", "items": {"type": "string"}},
             },
             "additionalProperties": True,
+        },
+    }
+
+
+def _destination_schemas(
+    uuid_: dict[str, Any],
+    count: dict[str, Any],
+    nullable_string: dict[str, Any],
+    nullable_time: dict[str, Any],
+) -> dict[str, Any]:
+    """Forwarding destinations and their dead letters (ingest/destinations.py)."""
+    event_types = {
+        "type": ["array", "null"],
+        "items": {
+            "type": "string",
+            "enum": ["track", "identify", "page", "screen", "group", "alias"],
+        },
+        "minItems": 1,
+        "uniqueItems": True,
+        "description": "The event types it takes; null: every type. Default: null for a "
+        "webhook, track, page and screen for a conversions API.",
+    }
+    settings = {
+        "type": "object",
+        "description": "A conversions API takes `action_source` (Meta's values; default: "
+        "`app` for app events, else `website`) and `test_event_code`; a webhook takes none.",
+        "properties": {
+            "action_source": {
+                "type": "string",
+                "enum": [
+                    "website",
+                    "app",
+                    "email",
+                    "phone_call",
+                    "chat",
+                    "physical_store",
+                    "system_generated",
+                    "business_messaging",
+                    "other",
+                ],
+            },
+            "test_event_code": {"type": "string", "minLength": 1, "maxLength": 100},
+        },
+        "additionalProperties": False,
+    }
+    name = {"type": "string", "minLength": 1, "maxLength": 200}
+    url = {
+        "type": "string",
+        "maxLength": 2048,
+        "description": "https (http only with INGEST_DESTINATIONS_ALLOW_PRIVATE), no "
+        "credentials, no fragment; its host must resolve to public addresses only.",
+        "examples": ["https://hooks.example.com/ingest"],
+    }
+    token = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 1024,
+        "description": "Conversions API only: sent in the request body, never shown again.",
+    }
+    destination_props: dict[str, Any] = {
+        "id": uuid_,
+        "project_id": uuid_,
+        "type": {"type": "string", "enum": ["webhook", "conversions_api"]},
+        "name": {"type": "string"},
+        "url": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": ["active", "paused"],
+            "description": "paused: nothing is sent; the outbox keeps filling.",
+        },
+        "event_types": event_types,
+        "settings": {"type": "object", "additionalProperties": True},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "has_access_token": {"type": "boolean", "description": "Conversions API only."},
+        "queue": {
+            "type": "object",
+            "required": ["pending", "dead_letters", "oldest_pending_at"],
+            "properties": {
+                "pending": count,
+                "dead_letters": count,
+                "oldest_pending_at": nullable_time,
+            },
+        },
+    }
+    required = [
+        "id",
+        "project_id",
+        "type",
+        "name",
+        "url",
+        "status",
+        "event_types",
+        "settings",
+        "created_at",
+        "updated_at",
+        "queue",
+    ]
+    return {
+        "Destination": {
+            "type": "object",
+            "required": required,
+            "properties": destination_props,
+        },
+        "DestinationCreated": {
+            "type": "object",
+            "required": required,
+            "properties": {
+                **destination_props,
+                "signing_secret": {
+                    "type": "string",
+                    "pattern": "^whsec_",
+                    "description": "Webhook only, in this answer only: the HMAC-SHA256 key of "
+                    "X-Ingest-Signature.",
+                },
+            },
+        },
+        "DestinationList": {
+            "type": "object",
+            "required": ["destinations"],
+            "properties": {"destinations": {"type": "array", "items": _ref("Destination")}},
+        },
+        "DestinationCreate": {
+            "type": "object",
+            "required": ["type", "name", "url"],
+            "properties": {
+                "type": {"type": "string", "enum": ["webhook", "conversions_api"]},
+                "name": name,
+                "url": url,
+                "event_types": event_types,
+                "settings": settings,
+                "access_token": token,
+            },
+            "additionalProperties": False,
+        },
+        "DestinationPatch": {
+            "type": "object",
+            "minProperties": 1,
+            "properties": {
+                "name": name,
+                "url": url,
+                "status": {"type": "string", "enum": ["active", "paused"]},
+                "event_types": event_types,
+                "settings": settings,
+                "access_token": token,
+            },
+            "additionalProperties": False,
+        },
+        "DeadLetterList": {
+            "type": "object",
+            "required": ["dead_letters", "next_cursor"],
+            "properties": {
+                "dead_letters": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "id",
+                            "message_id",
+                            "type",
+                            "event",
+                            "received_at",
+                            "attempts",
+                            "last_error",
+                            "created_at",
+                            "dead_at",
+                        ],
+                        "properties": {
+                            "id": {"type": "string", "pattern": "^[0-9]+$"},
+                            "message_id": {"type": "string"},
+                            "type": {"type": "string"},
+                            "event": nullable_string,
+                            "received_at": {"type": "string", "format": "date-time"},
+                            "attempts": count,
+                            "last_error": {
+                                **nullable_string,
+                                "description": "An HTTP status (http_400) or an error class "
+                                "(timeout, forbidden_address, expired); never a body.",
+                            },
+                            "created_at": {"type": "string", "format": "date-time"},
+                            "dead_at": nullable_time,
+                        },
+                    },
+                },
+                "next_cursor": nullable_string,
+            },
+        },
+        "DeadLetterRetry": {
+            "type": "object",
+            "description": "Empty, `{}` (every dead letter) or the ids to retry.",
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                }
+            },
+            "additionalProperties": False,
+        },
+        "DeadLettersRetried": {
+            "type": "object",
+            "required": ["retried"],
+            "properties": {"retried": count},
         },
     }
 
@@ -1186,6 +1432,101 @@ def _partner_paths() -> dict[str, Any]:
             (404,),
         )
     }
+    destination_id = path_id("destination_id", "The destination's `id`.")
+    destinations = "/v1/projects/$PROJECT_ID/destinations"
+    paths["/v1/projects/{project_id}/destinations"] = {
+        "get": read(
+            "List destinations",
+            "The project's forwarding destinations, each with its queue; never a secret.",
+            "Forwarding",
+            _ref("DestinationList"),
+            "The destinations.",
+            destinations,
+            [project_id],
+            (404,),
+        ),
+        "post": write(
+            "POST",
+            "Create a destination",
+            "A webhook (signed JSON batches) or a conversions API (Meta's shape). The URL's "
+            "host is resolved and must be public. A webhook's signing secret is in this answer "
+            "only. Audited: destination.create.",
+            "Forwarding",
+            answer(
+                201,
+                _ref("DestinationCreated"),
+                "The destination (a webhook's signing secret shown once).",
+                (*PARTNER_BODY_ERRORS, 404),
+            ),
+            (destinations, '{"type":"webhook","name":"warehouse","url":"https://hooks.example"}'),
+            [project_id],
+            _json_body(_ref("DestinationCreate")),
+        ),
+    }
+    paths["/v1/projects/{project_id}/destinations/{destination_id}"] = {
+        "get": read(
+            "Read a destination",
+            "One destination and its queue.",
+            "Forwarding",
+            _ref("Destination"),
+            "The destination.",
+            f"{destinations}/$DESTINATION_ID",
+            [project_id, destination_id],
+            (404,),
+        ),
+        "patch": write(
+            "PATCH",
+            "Change a destination",
+            "Rename, re-point (the URL is checked again), pause or resume, or change its "
+            "event types, settings or access token. Audited: destination.update.",
+            "Forwarding",
+            answer(200, _ref("Destination"), "The destination.", (*PARTNER_BODY_ERRORS, 404)),
+            (f"{destinations}/$DESTINATION_ID", '{"status":"paused"}'),
+            [project_id, destination_id],
+            _json_body(_ref("DestinationPatch")),
+        ),
+        "delete": write(
+            "DELETE",
+            "Delete a destination",
+            "Its waiting rows and their device ids are deleted with it. Audited: "
+            "destination.delete.",
+            "Forwarding",
+            _no_content(),
+            (f"{destinations}/$DESTINATION_ID", None),
+            [project_id, destination_id],
+        ),
+    }
+    paths["/v1/projects/{project_id}/destinations/{destination_id}/dead-letters"] = {
+        "get": read(
+            "List dead letters",
+            "Rows that will not be retried by themselves, oldest first: their attempts and "
+            "last error. Their device ids were deleted when they died.",
+            "Forwarding",
+            _ref("DeadLetterList"),
+            "A page of dead letters.",
+            f"{destinations}/$DESTINATION_ID/dead-letters",
+            [project_id, destination_id, limit, cursor],
+            (400, 404),
+        )
+    }
+    paths["/v1/projects/{project_id}/destinations/{destination_id}/dead-letters/retry"] = {
+        "post": write(
+            "POST",
+            "Retry dead letters",
+            "Queue them again (all, or those in `ids`), without device ids. Audited: "
+            "destination.retry_dead_letters.",
+            "Forwarding",
+            answer(
+                200,
+                _ref("DeadLettersRetried"),
+                "How many were queued.",
+                (*PARTNER_BODY_ERRORS, 404),
+            ),
+            (f"{destinations}/$DESTINATION_ID/dead-letters/retry", "{}"),
+            [project_id, destination_id],
+            _json_body(_ref("DeadLetterRetry"), required=False),
+        )
+    }
     # Last of all: Schemathesis runs the operations in this order, and DELETE removes the
     # project the others are aimed at.
     paths["/v1/projects/{project_id}"] = {
@@ -1465,6 +1806,11 @@ def document() -> dict[str, Any]:
                 "name": "Data subjects",
                 "description": "Access, current state and erasure of one person's data "
                 "(GDPR articles 15, 17 and 20).",
+            },
+            {
+                "name": "Forwarding",
+                "description": "Destinations that receive the project's events (signed "
+                "webhooks, conversions APIs), and their dead letters.",
             },
             {"name": "Operations", "description": "Health, readiness, metrics, this document."},
         ],
