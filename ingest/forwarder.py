@@ -45,6 +45,9 @@ SIGNATURE_HEADER: Final = "X-Ingest-Signature"
 _USER_AGENT: Final = f"ingest-forwarder/{__version__}"
 _RETRYABLE_STATUS: Final = frozenset({408, 429})
 _DUE_LIMIT: Final = 100
+# A busy writer wakes the forwarder at every commit: scans for due rows are at least this far
+# apart, so a burst of commits costs one scan.
+_MIN_SCAN_GAP_S: Final = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,7 @@ class Forwarder:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.forward_poll_s):
                     await self._wakeup.wait()
+            await asyncio.sleep(_MIN_SCAN_GAP_S)
 
     async def _start_due(self) -> int:
         """Start a delivery task for each due destination not already in flight here."""
@@ -266,8 +270,9 @@ class Forwarder:
     async def _deliver_guarded(
         self, destination: Destination, key: tuple[uuid.UUID, uuid.UUID]
     ) -> None:
+        took = 0
         try:
-            await self.deliver(destination)
+            took = await self.deliver(destination)
         except TRANSIENT_ERRORS as exc:
             # The transaction is gone: its rows are unlocked and sent again later.
             log.warning(
@@ -279,7 +284,10 @@ class Forwarder:
             log.exception("forward_batch_failed", destination_id=str(destination.destination_id))
         finally:
             self._inflight.pop(key, None)
-            self._wakeup.set()  # a slot is free, and the destination may have more due
+            if took:
+                # The destination may have more due. Not after an empty claim: another
+                # worker holds those rows, and looking again at once would spin.
+                self._wakeup.set()
 
     async def deliver(self, destination: Destination) -> int:
         """Send one batch of ``destination``'s due rows; how many rows it took."""
@@ -359,14 +367,19 @@ class Forwarder:
             return Attempt(ok=False, error=exc.code)
         sent_at = datetime.now(UTC)
         headers = {"Content-Type": "application/json", "Host": target.host_header}
-        if destination.type == "webhook":
-            body = webhook_body(destination, rows, sent_at)
-            headers[SIGNATURE_HEADER] = sign(
-                destination.secret or "", int(sent_at.timestamp()), body
-            )
-            headers["X-Ingest-Destination-Id"] = str(destination.destination_id)
-        else:
-            body = capi_body(destination, rows)
+        try:
+            if destination.type == "webhook":
+                body = webhook_body(destination, rows, sent_at)
+                headers[SIGNATURE_HEADER] = sign(
+                    destination.secret or "", int(sent_at.timestamp()), body
+                )
+                headers["X-Ingest-Destination-Id"] = str(destination.destination_id)
+            else:
+                body = capi_body(destination, rows)
+        except Exception:
+            # A row this code cannot shape (a bug): dead letters, not a batch retried forever.
+            log.exception("forward_payload_failed", destination_id=str(destination.destination_id))
+            return Attempt(ok=False, error="payload", retryable=False)
         extensions: dict[str, Any] = {}
         if target.scheme == "https" and not _is_literal(target.host):
             # Connect to the address we checked, but verify the certificate against the name.
