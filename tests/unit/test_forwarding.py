@@ -3,20 +3,25 @@ the webhook signature, and which URLs and addresses a destination may use."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import orjson
 import pytest
 
 from ingest import netguard
 from ingest.config import Settings
 from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Source
-from ingest.forwarder import backoff_s, retry_after_s, sign
+from ingest.forwarder import Forwarder, backoff_s, retry_after_s, sign
+from ingest.metrics import Metrics
+from ingest.store import Destination, OutboxRow, Store
 
 PARSER = EventParser(Limits.from_settings(Settings()), lambda ip: None)
 SOURCE = Source(
@@ -157,3 +162,51 @@ class TestUrls:
         with pytest.raises(netguard.Refused) as refused:
             await netguard.resolve(target, allow_private=False)
         assert refused.value.code == "forbidden_address"
+
+
+def _destination(url: str, kind: str = "webhook") -> Destination:
+    now = datetime.now(UTC)
+    return Destination(
+        uuid.uuid4(), uuid.uuid4(), kind, "d", url, "active", None, {}, None, now, now, True, "s"
+    )
+
+
+def _row() -> OutboxRow:
+    now = datetime.now(UTC)
+    event = {"message_id": "m1", "type": "track", "event": "e", "timestamp": now}
+    return OutboxRow(1, "m1", now, 0, now, event, {"advertising_id": IDFA})
+
+
+class TestPinnedAddress:
+    """The request goes to the address that was checked, never to a second DNS answer."""
+
+    async def test_connects_to_the_checked_address_with_the_name_for_tls(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        answers = iter([[("93.184.215.14", 443)], [("10.0.0.7", 443)]])
+
+        async def getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", a) for a in next(answers)]
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        seen: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return httpx.Response(200)
+
+        forwarder = Forwarder(
+            cast(Store, None), Metrics(), Settings(), transport=httpx.MockTransport(handler)
+        )
+        destination = _destination("https://hooks.partner.example/in?x=1")
+        assert (await forwarder.send(destination, [_row()])).ok
+        [request] = seen
+        assert request.url.host == "93.184.215.14"
+        assert request.url.raw_path == b"/in?x=1"
+        assert request.headers["host"] == "hooks.partner.example"
+        assert request.extensions["sni_hostname"] == "hooks.partner.example"
+        # The name now points inside: refused, and nothing is sent.
+        refused = await forwarder.send(destination, [_row()])
+        assert (refused.ok, refused.error, refused.retryable) == (False, "forbidden_address", True)
+        assert len(seen) == 1
+        await forwarder.stop()
