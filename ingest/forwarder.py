@@ -48,6 +48,7 @@ _DUE_LIMIT: Final = 100
 # A busy writer wakes the forwarder at every commit: scans for due rows are at least this far
 # apart, so a burst of commits costs one scan.
 _MIN_SCAN_GAP_S: Final = 0.02
+_STOP_GRACE_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +213,9 @@ class Forwarder:
         self._task = asyncio.create_task(self._run(), name="ingest-forwarder")
 
     async def stop(self) -> None:
-        """Stop taking batches; let those in flight finish (bounded by their timeout), then
-        close. A batch cancelled mid-way is rolled back and sent again later."""
+        """Stop taking batches; give those in flight a moment to finish, then cancel them (a
+        cancelled batch is rolled back and sent again later: at least once), then close.
+        The moment is short: a slow receiver must not hold up a rolling restart."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -221,7 +223,8 @@ class Forwarder:
                 await self._task
         if self._inflight:
             _, pending = await asyncio.wait(
-                list(self._inflight.values()), timeout=self._settings.forward_timeout_s + 1
+                list(self._inflight.values()),
+                timeout=min(_STOP_GRACE_S, self._settings.forward_timeout_s),
             )
             for task in pending:
                 task.cancel()
