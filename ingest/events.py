@@ -98,7 +98,11 @@ _DEVICE_ID_KEYS: Final = {
     "idfv": "device_id",
     "androidid": "device_id",
 }
-_MAX_DEVICE_ID_CHARS: Final = 128
+# Ad ids and vendor ids are UUIDs (IDFA, GAID, IDFV) or hex (Android ID): letters, digits and
+# hyphens. Anything else (an email, a phone, an IP put in the wrong field) is not kept, since the
+# outbox stores these values as they are.
+_DEVICE_ID: Final = re.compile(r"[A-Za-z0-9-]{1,128}")
+_PHONE_LIKE: Final = re.compile(r"[0-9]{7,15}")
 # What iOS reports as the IDFA when the user has not allowed tracking (ATT): not an id.
 _ZERO_AD_ID: Final = "00000000-0000-0000-0000-000000000000"
 # Property keys repeat across events (the same SDK sends the same keys): normalise each once.
@@ -405,9 +409,12 @@ class _Found:
     ad_tracking: bool = True
 
     def device(self, kind: str, value: Any) -> None:
-        """Keep the first device id of each kind; anything that is not a short string is not
-        an id and is dropped."""
-        if not isinstance(value, str) or not value or len(value) > _MAX_DEVICE_ID_CHARS:
+        """Keep the first device id of each kind; anything not shaped like one is dropped."""
+        if (
+            not isinstance(value, str)
+            or _DEVICE_ID.fullmatch(value) is None
+            or _PHONE_LIKE.fullmatch(value) is not None
+        ):
             return
         if self.devices is None:
             self.devices = {}

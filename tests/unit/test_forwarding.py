@@ -67,6 +67,17 @@ class TestDeviceIds:
         assert devices is None
         assert IDFA not in stored["context"].decode()
 
+    @pytest.mark.parametrize(
+        "value",
+        ["jane@example.com", "+1 415 555 0100", "4155550100", "192.0.2.7", "2001:db8::1", "a b"],
+    )
+    def test_personal_data_in_a_device_id_field_is_not_kept(self, value: str) -> None:
+        stored, devices = parse(
+            {"properties": {"idfa": value}, "context": {"device": {"id": value}}}
+        )
+        assert devices is None
+        assert all(value not in str(column) for column in stored.values())
+
     def test_no_device_ids_no_devices(self) -> None:
         _, devices = parse({"context": {"device": {"id": 123, "advertisingId": ""}}})
         assert devices is None
