@@ -21,7 +21,9 @@ Users:
   own ``message_id``. A 503 is retried once with the same body (the same message ids), which the
   service must deduplicate: Locust reports it under ``[retry]``.
 - ``PartnerUser`` (weight 1): the partner's server, creating a project now and then
-  (``POST /v1/projects``) and issuing it a second write key. Needs ``INGEST_SECRET_KEY``.
+  (``POST /v1/projects``) and issuing it a second write key, and more often reading its
+  projects' forwarding queues (``GET /v1/projects/{id}/destinations``, what a monitoring job
+  polls). Needs ``INGEST_SECRET_KEY``.
 
 Every answer is checked: an events answer must be 200 with every event accepted (or, on a retry,
 a duplicate), otherwise the request counts as a failure with the reason.
@@ -170,6 +172,21 @@ class PartnerUser(FastHttpUser):
         if not SECRET_KEY:
             raise StopUser("set INGEST_SECRET_KEY to an organization's secret key")
         self.headers = {"Authorization": f"Bearer {SECRET_KEY}"}
+        self.projects: list[str] = []
+
+    @task(3)
+    def read_forwarding_queues(self) -> None:
+        if not self.projects:
+            return
+        project_id = random.choice(self.projects)
+        with self.client.get(
+            f"/v1/projects/{project_id}/destinations",
+            headers=self.headers,
+            name="GET /v1/projects/{id}/destinations",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}")
 
     @task(1)
     def create_project(self) -> None:
@@ -185,6 +202,7 @@ class PartnerUser(FastHttpUser):
                 response.failure(f"status {response.status_code}")
                 return
             project_id = response.json()["id"]
+            self.projects.append(project_id)
         with self.client.post(
             f"/v1/projects/{project_id}/keys",
             json={"server_side": False},
