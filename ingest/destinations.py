@@ -47,6 +47,8 @@ _PATCH_FIELDS: Final = frozenset(
 _MAX_NAME: Final = 200
 _MAX_TOKEN: Final = 1024
 _MAX_RETRY_IDS: Final = 1000
+# A rotated signing secret keeps signing (beside the new one) for at most a week.
+MAX_GRACE_SECONDS: Final = 7 * 86400
 
 
 def _name(value: Any, errors: list[dict[str, str]]) -> str | None:
@@ -274,6 +276,50 @@ async def patch_destination(request: Request, call: Call) -> Response:
 
 
 @partner_route
+async def rotate_secret(request: Request, call: Call) -> Response:
+    """A new signing secret for a webhook, shown once. With ``grace_seconds`` the old one keeps
+    signing too (a second ``v1`` in the header) until the receiver has switched."""
+    project, destination_id = await _own_destination(call, request)
+    doc = await call.doc(empty_is_object=True)
+    errors = _unknown(doc, frozenset({"grace_seconds"}))
+    grace = doc.get("grace_seconds", 0)
+    if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= MAX_GRACE_SECONDS:
+        errors.append(
+            {"field": "grace_seconds", "reason": f"whole seconds, 0 to {MAX_GRACE_SECONDS}"}
+        )
+    if errors:
+        raise ValidationFailed("the rotation is invalid", errors=errors)
+    store = call.svc.store
+    found = await store.get_destination(project.project_id, destination_id)
+    if found is None:
+        raise NotFound("no such destination")
+    if found[0].type != "webhook":
+        raise ValidationFailed(
+            "only a webhook has a signing secret; change a conversions API's access_token "
+            "with PATCH",
+            errors=[{"field": "type", "reason": "not a webhook"}],
+        )
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    async with store.pool.acquire() as conn, conn.transaction():
+        rotated = await store.rotate_secret(conn, project.project_id, destination_id, secret, grace)
+        if rotated is None:  # deleted meanwhile
+            raise NotFound("no such destination")
+        body = _body(rotated, found[1])
+        return await call.finish(
+            conn,
+            JSONResponse({**body, "signing_secret": secret}),
+            call.entry(
+                "destination.rotate_secret",
+                "destination",
+                str(destination_id),
+                project.project_id,
+                grace_seconds=grace,
+            ),
+            replay_without_secret=body,
+        )
+
+
+@partner_route
 async def delete_destination(request: Request, call: Call) -> Response:
     """Delete a destination; what still waits for it (device ids included) goes with it."""
     project, destination_id = await _own_destination(call, request)
@@ -364,6 +410,7 @@ ROUTES: Final = [
     Route(_BASE + "/{destination_id}", get_destination, methods=["GET"]),
     Route(_BASE + "/{destination_id}", patch_destination, methods=["PATCH"]),
     Route(_BASE + "/{destination_id}", delete_destination, methods=["DELETE"]),
+    Route(_BASE + "/{destination_id}/rotate-secret", rotate_secret, methods=["POST"]),
     Route(_BASE + "/{destination_id}/dead-letters", list_dead_letters, methods=["GET"]),
     Route(_BASE + "/{destination_id}/dead-letters/retry", retry_dead_letters, methods=["POST"]),
 ]

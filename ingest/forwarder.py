@@ -84,11 +84,13 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header's value: ``t=<unix time>,v1=<hex HMAC-SHA256 of "t." + body>``.
-    Receivers recompute it and refuse old timestamps (replays)."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+def sign(timestamp: int, body: bytes, *secrets: str) -> str:
+    """The signature header's value: ``t=<unix time>,v1=<hex HMAC-SHA256 of "t." + body>``,
+    one ``v1`` per secret (the current one first; the previous one too while a rotation's
+    grace lasts). Receivers accept any ``v1`` they can recompute, and refuse old timestamps."""
+    signed = f"{timestamp}.".encode() + body
+    macs = (hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets)
+    return ",".join([f"t={timestamp}", *(f"v1={mac}" for mac in macs)])
 
 
 def event_doc(row: OutboxRow) -> dict[str, Any]:
@@ -373,8 +375,9 @@ class Forwarder:
         try:
             if destination.type == "webhook":
                 body = webhook_body(destination, rows, sent_at)
+                keys = [destination.secret or "", destination.previous_secret]
                 headers[SIGNATURE_HEADER] = sign(
-                    destination.secret or "", int(sent_at.timestamp()), body
+                    int(sent_at.timestamp()), body, *(k for k in keys if k is not None)
                 )
                 headers["X-Ingest-Destination-Id"] = str(destination.destination_id)
             else:

@@ -115,6 +115,7 @@ AUDIT_ACTIONS: Final = (
     "destination.create",
     "destination.update",
     "destination.delete",
+    "destination.rotate_secret",
     "destination.retry_dead_letters",
 )
 
@@ -1495,6 +1496,34 @@ def _partner_paths() -> dict[str, Any]:
             (f"{destinations}/$DESTINATION_ID", None),
             [project_id, destination_id],
         ),
+    }
+    paths["/v1/projects/{project_id}/destinations/{destination_id}/rotate-secret"] = {
+        "post": write(
+            "POST",
+            "Rotate a webhook's signing secret",
+            "A new signing secret, in this answer only. With `grace_seconds` (0 to 604800, "
+            "default 0) deliveries carry a second `v1` signature made with the old secret "
+            "until then. A conversions API has none (400). Audited: destination.rotate_secret.",
+            "Forwarding",
+            answer(
+                200,
+                _ref("DestinationCreated"),
+                "The destination and its new signing secret (shown once).",
+                (*PARTNER_BODY_ERRORS, 404),
+            ),
+            (f"{destinations}/$DESTINATION_ID/rotate-secret", '{"grace_seconds":86400}'),
+            [project_id, destination_id],
+            _json_body(
+                {
+                    "type": "object",
+                    "properties": {
+                        "grace_seconds": {"type": "integer", "minimum": 0, "maximum": 604800}
+                    },
+                    "additionalProperties": False,
+                },
+                required=False,
+            ),
+        )
     }
     paths["/v1/projects/{project_id}/destinations/{destination_id}/dead-letters"] = {
         "get": read(

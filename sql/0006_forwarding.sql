@@ -16,6 +16,9 @@ CREATE TABLE destinations (
     event_types  text[],
     -- The webhook's signing secret, or the conversions API's access token (never shown again).
     secret       text,
+    -- After a rotation with a grace period, deliveries are signed with both secrets until then.
+    previous_secret        text,
+    previous_secret_until  timestamptz,
     -- Type-specific options (conversions API: action_source, test_event_code).
     settings     jsonb NOT NULL DEFAULT '{}',
     -- The receiver asked us to wait (429/503 with Retry-After, or backoff after failures):

@@ -41,6 +41,8 @@ class Destination:
     has_secret: bool
     # Only the forwarder reads it (to sign, or to authenticate to the conversions API).
     secret: str | None = field(default=None, repr=False)
+    # A webhook's secret before a rotation, while its grace period lasts (signed with both).
+    previous_secret: str | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ def _destination(row: asyncpg.Record, *, with_secret: bool = False) -> Destinati
         row["updated_at"],
         row["has_secret"],
         row["secret"] if with_secret else None,
+        row["previous_secret"] if with_secret else None,
     )
 
 
@@ -213,6 +216,19 @@ _UPDATE_DESTINATION: Final = f"""
     RETURNING {_DESTINATION_COLUMNS}
 """
 
+# A new signing secret for a webhook; the old one keeps signing for the grace period.
+_ROTATE_SECRET: Final = f"""
+    UPDATE destinations
+    SET previous_secret = CASE WHEN $4 > 0 THEN secret END,
+        previous_secret_until = CASE WHEN $4 > 0 THEN now() + make_interval(secs => $4) END,
+        secret = $3,
+        updated_at = now()
+    WHERE project_id = $1
+      AND id = $2
+      AND type = 'webhook'
+    RETURNING {_DESTINATION_COLUMNS}
+"""
+
 # The outbox rows go with it (ON DELETE CASCADE), and with them their device ids.
 _DELETE_DESTINATION: Final = """
     DELETE FROM destinations
@@ -265,7 +281,8 @@ _RETRY_DEAD_LETTERS: Final = """
 
 # Active destinations with a row due, of live projects, that did not ask us to wait.
 _DUE_DESTINATIONS: Final = f"""
-    SELECT {_DESTINATION_COLUMNS}, secret
+    SELECT {_DESTINATION_COLUMNS}, secret,
+           CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
     FROM destinations AS d
     WHERE d.status = 'active'
       AND (d.retry_at IS NULL OR d.retry_at <= now())
@@ -474,6 +491,20 @@ class ForwardingMixin(StoreBase):
             list(changes.event_types) if changes.event_types is not None else None,
             changes.secret,
             changes.settings,
+        )
+        return None if row is None else _destination(row)
+
+    @staticmethod
+    async def rotate_secret(
+        conn: Connection,
+        project_id: uuid.UUID,
+        destination_id: uuid.UUID,
+        secret: str,
+        grace_s: float,
+    ) -> Destination | None:
+        """Replace a webhook's signing secret; None when there is no such webhook."""
+        row = await conn.fetchrow(
+            _ROTATE_SECRET, project_id, destination_id, secret, float(grace_s)
         )
         return None if row is None else _destination(row)
 

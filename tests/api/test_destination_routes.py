@@ -358,3 +358,53 @@ async def test_every_change_is_audited(
     assert {e["target"]["id"] for e in entries} == {created["id"]}
     assert entries[2]["details"] == {"fields": ["status"]}
     assert created["signing_secret"] not in r.text
+
+
+class TestRotateSecret:
+    async def test_a_new_secret_once_and_the_old_one_only_during_the_grace(
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        project: dict[str, Any],
+        conn: asyncpg.Connection,
+    ) -> None:
+        created = (await create(client, secret_key, project)).json()
+        path = f"{base(project)}/{created['id']}/rotate-secret"
+        headers = {**bearer(secret_key), "Idempotency-Key": "rotate-hook-0001"}
+        r = await client.post(path, json={"grace_seconds": 3600}, headers=headers)
+        assert r.status_code == 200, r.text
+        new = r.json()["signing_secret"]
+        assert new.startswith("whsec_")
+        assert new != created["signing_secret"]
+        row = await conn.fetchrow(
+            "SELECT secret, previous_secret, previous_secret_until > now() + interval '59 minutes'"
+            " AS lasts FROM destinations"
+        )
+        assert row is not None
+        assert (row["secret"], row["previous_secret"], row["lasts"]) == (
+            new,
+            created["signing_secret"],
+            True,
+        )
+        replay = await client.post(path, json={"grace_seconds": 3600}, headers=headers)
+        is_problem(replay, 409, "key-already-issued")
+        assert new not in replay.text
+        # Without grace the old secret stops signing at once.
+        r = await client.post(path, headers=bearer(secret_key))
+        assert r.status_code == 200, r.text
+        row = await conn.fetchrow("SELECT previous_secret, previous_secret_until FROM destinations")
+        assert row is not None
+        assert (row["previous_secret"], row["previous_secret_until"]) == (None, None)
+        for bad in ({"grace_seconds": -1}, {"grace_seconds": 10**9}, {"grace": 5}):
+            is_problem(
+                await client.post(path, json=bad, headers=bearer(secret_key)), 400, "validation"
+            )
+
+    async def test_a_conversions_api_has_no_signing_secret(
+        self, client: httpx.AsyncClient, secret_key: str, project: dict[str, Any]
+    ) -> None:
+        created = (await create(client, secret_key, project, type="conversions_api")).json()
+        r = await client.post(
+            f"{base(project)}/{created['id']}/rotate-secret", headers=bearer(secret_key)
+        )
+        is_problem(r, 400, "validation")

@@ -212,6 +212,36 @@ class TestWebhook:
         for device_id in (AD_ID, IDFV):
             assert device_id.lower() not in dump.lower()
 
+    async def test_a_rotated_secret_signs_beside_the_new_one_during_its_grace(
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        project: dict[str, Any],
+        write_key: str,
+        conn: asyncpg.Connection,
+        serve: Callable[[Receiver], Awaitable[Receiver]],
+    ) -> None:
+        receiver = await serve(Receiver())
+        destination = await create_destination(client, secret_key, project["id"], url=receiver.url)
+        old = destination["signing_secret"]
+        r = await client.post(
+            f"/v1/projects/{project['id']}/destinations/{destination['id']}/rotate-secret",
+            json={"grace_seconds": 600},
+            headers=bearer(secret_key),
+        )
+        new = r.json()["signing_secret"]
+        await send(client, write_key, [app_event(1)])
+        await eventually(lambda: _done(conn))
+        [(_, headers, body)] = receiver.requests
+        parts = headers["x-ingest-signature"].split(",")
+        stamp = parts[0].removeprefix("t=")
+        macs = [p.removeprefix("v1=") for p in parts[1:]]
+        expected = [
+            hmac.new(k.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+            for k in (new, old)
+        ]
+        assert macs == expected
+
     async def test_a_receiver_that_fails_then_recovers_gets_everything_once(
         self,
         client: httpx.AsyncClient,

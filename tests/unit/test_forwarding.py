@@ -108,9 +108,13 @@ class TestRetryAfter:
 
 def test_signature_is_hmac_sha256_over_timestamp_and_body() -> None:
     body = b'{"batch":[]}'
-    header = sign("whsec_abc", 1700000000, body)
     expected = hmac.new(b"whsec_abc", b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
+    assert sign(1700000000, body, "whsec_abc") == f"t=1700000000,v1={expected}"
+    # During a rotation's grace: one signature per secret, the new one first.
+    old = hmac.new(b"whsec_old", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert sign(1700000000, body, "whsec_abc", "whsec_old") == (
+        f"t=1700000000,v1={expected},v1={old}"
+    )
 
 
 class TestUrls:
