@@ -30,6 +30,31 @@ TRANSIENT_ERRORS: Final = (
     asyncpg.InsufficientResourcesError,
 )
 
+# A stored event as a partner receives it (an export line, a forwarded event): every column of
+# events but the project, in this order.
+EVENT_FIELDS: Final = (
+    "message_id",
+    "type",
+    "event",
+    "user_id",
+    "anonymous_id",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+    "app_id",
+    "country",
+    "region",
+    "email_sha256",
+    "email_google_sha256",
+    "phone_sha256",
+    "phone_e164_sha256",
+    "properties",
+    "traits",
+    "context",
+)
+EVENT_SELECT: Final = ", ".join(f'"{c}"' for c in EVENT_FIELDS)
+
 # Parameters that would break "a 200 means committed" (RELIABILITY B8).
 DURABILITY_SETTINGS: Final = ("fsync", "synchronous_commit", "full_page_writes")
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from ingest.store._db import Connection, StoreBase, _iso
+from ingest.store._db import EVENT_FIELDS, EVENT_SELECT, Connection, StoreBase, _iso
 
 _DESTINATION_COLUMNS: Final = """
     project_id, id, type, name, url, status, event_types, settings, retry_at, created_at,
@@ -156,30 +156,6 @@ class Failure:
     destination_wait_s: float  # nothing goes to the destination for this long
 
 
-# The event as an export line has it (subjects._EXPORT_COLUMNS), so a destination receives
-# exactly what an access request returns, plus the device ids.
-_EVENT_COLUMNS: Final = (
-    "message_id",
-    "type",
-    "event",
-    "user_id",
-    "anonymous_id",
-    "timestamp",
-    "original_timestamp",
-    "sent_at",
-    "received_at",
-    "app_id",
-    "country",
-    "region",
-    "email_sha256",
-    "email_google_sha256",
-    "phone_sha256",
-    "phone_e164_sha256",
-    "properties",
-    "traits",
-    "context",
-)
-
 _INSERT_DESTINATION: Final = f"""
     INSERT INTO destinations (project_id, id, type, name, url, event_types, secret, settings)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -300,7 +276,7 @@ _DUE_DESTINATIONS: Final = f"""
 """
 
 _CLAIM_OUTBOX: Final = f"""
-    SELECT id, attempts, created_at, devices, {", ".join(f'"{c}"' for c in _EVENT_COLUMNS)}
+    SELECT id, attempts, created_at, devices, {EVENT_SELECT}
     FROM outbox
     WHERE project_id = $1
       AND destination_id = $2
@@ -573,7 +549,7 @@ class ForwardingMixin(StoreBase):
                 r["received_at"],
                 r["attempts"],
                 r["created_at"],
-                {c: r[c] for c in _EVENT_COLUMNS},
+                {c: r[c] for c in EVENT_FIELDS},
                 dict(r["devices"]) if r["devices"] is not None else None,
             )
             for r in rows

@@ -12,7 +12,7 @@ import asyncpg
 
 from ingest import pseudonyms
 from ingest.pseudonyms import Kind
-from ingest.store._db import Connection, StoreBase, _iso, _one
+from ingest.store._db import EVENT_SELECT, Connection, StoreBase, _iso, _one
 from ingest.store.forwarding import erase_forwarding
 from ingest.store.retention import PURGE_BATCH_ROWS
 from ingest.store.tenancy import _PROJECT_KEY
@@ -134,18 +134,11 @@ def _receipt(row: asyncpg.Record) -> Receipt:
     )
 
 
-# The stored event as an export line carries it: every column but the project.
-_EXPORT_COLUMNS: Final = """
-    message_id, type, event, user_id, anonymous_id, "timestamp", original_timestamp, sent_at,
-    received_at, app_id, country, region, email_sha256, email_google_sha256, phone_sha256,
-    phone_e164_sha256, properties, traits, context
-"""
-
 # One page of a person's events, oldest first, after the (received_at, message_id) cursor.
 # Each names one identifier column, so each page is one index range scan.
 _EVENTS_PAGE: Final = {
     column: f"""
-    SELECT {_EXPORT_COLUMNS}
+    SELECT {EVENT_SELECT}
     FROM events
     WHERE project_id = $1
       AND {column} = ANY($2::text[])

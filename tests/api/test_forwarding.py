@@ -140,6 +140,19 @@ async def create_destination(
     return body
 
 
+async def set_status(
+    client: httpx.AsyncClient, secret_key: str, project_id: str, destination_id: str, status: str
+) -> None:
+    """Pause (the outbox fills, nothing is sent) or resume a destination."""
+    r = await client.patch(
+        f"/v1/projects/{project_id}/destinations/{destination_id}",
+        json={"status": status},
+        headers=bearer(secret_key),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == status
+
+
 async def send(client: httpx.AsyncClient, write_key: str, events: list[dict[str, Any]]) -> None:
     r = await client.post("/v1/batch", json={"batch": events}, headers=bearer(write_key))
     assert r.status_code == 200, r.text
@@ -396,12 +409,7 @@ class TestDeadLetters:
     ) -> None:
         receiver = await serve(Receiver())
         destination = await create_destination(client, secret_key, project["id"], url=receiver.url)
-        r = await client.patch(
-            f"/v1/projects/{project['id']}/destinations/{destination['id']}",
-            json={"status": "paused"},
-            headers=bearer(secret_key),
-        )
-        assert r.status_code == 200, r.text
+        await set_status(client, secret_key, project["id"], destination["id"], "paused")
         await send(client, write_key, [app_event(1)])
         assert await conn.fetchval("SELECT devices FROM outbox") is not None
         # As if it had waited since yesterday: the sweep expires it (forward_max_age_s is 1 day).
@@ -524,12 +532,7 @@ class TestErasure:
         receiver = await serve(Receiver())
         destination = await create_destination(client, secret_key, project["id"], url=receiver.url)
         pid, did = project["id"], destination["id"]
-        r = await client.patch(
-            f"/v1/projects/{pid}/destinations/{did}",
-            json={"status": "paused"},
-            headers=bearer(secret_key),
-        )
-        assert r.status_code == 200, r.text
+        await set_status(client, secret_key, pid, did, "paused")
         await send(client, write_key, [app_event(n) for n in range(4)] + [app_event(9, "u2")])
         assert await outbox_count(conn) == 5
         r = await client.delete(f"/v1/projects/{pid}/events/users/u1", headers=bearer(secret_key))
@@ -538,11 +541,7 @@ class TestErasure:
         assert receipt["forwarded"] == []
         assert await conn.fetchval("SELECT array_agg(user_id) FROM outbox") == ["u2"]
         # Resumed: only the other person's event goes out.
-        r = await client.patch(
-            f"/v1/projects/{pid}/destinations/{did}",
-            json={"status": "active"},
-            headers=bearer(secret_key),
-        )
+        await set_status(client, secret_key, pid, did, "active")
         await eventually(lambda: _done(conn))
         assert [e["user_id"] for e in receiver.events()] == ["u2"]
 
@@ -562,12 +561,7 @@ class TestPrivacy:
         destination = await create_destination(
             client, secret_key, project["id"], url="http://127.0.0.1:9/hook"
         )
-        r = await client.patch(
-            f"/v1/projects/{project['id']}/destinations/{destination['id']}",
-            json={"status": "paused"},
-            headers=bearer(secret_key),
-        )
-        assert r.status_code == 200, r.text
+        await set_status(client, secret_key, project["id"], destination["id"], "paused")
         email, phone = "Canary.Outbox@Example.org", "+1 415 555 0142"
         await send(
             client,
@@ -642,11 +636,7 @@ class TestMetrics:
         receiver = await serve(Receiver())
         destination = await create_destination(client, secret_key, project["id"], url=receiver.url)
         pid, did = project["id"], destination["id"]
-        await client.patch(
-            f"/v1/projects/{pid}/destinations/{did}",
-            json={"status": "paused"},
-            headers=bearer(secret_key),
-        )
+        await set_status(client, secret_key, pid, did, "paused")
         await send(client, write_key, [app_event(n) for n in range(7)])
         await conn.execute("UPDATE outbox SET created_at = now() - interval '90 seconds'")
 
