@@ -8,6 +8,7 @@ key-already-issued instead); a conversions API's access token is never shown.
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from typing import Any, Final
@@ -129,10 +130,18 @@ async def _url(call: Call, value: Any, errors: list[dict[str, str]]) -> str | No
     return value
 
 
+_FIELD_NAME: Final = re.compile(r"[A-Za-z_]{1,40}")
+
+
 def _unknown(doc: dict[str, Any], allowed: frozenset[str]) -> list[dict[str, str]]:
+    # A key is named back only when it looks like a field name: a key that is an email or a
+    # phone number is not echoed into the answer.
     return [
-        {"field": str(k)[:100], "reason": "not a field of a destination"}
-        for k in sorted(doc, key=str)
+        {
+            "field": k if _FIELD_NAME.fullmatch(k) else "(unnamed)",
+            "reason": "not a field of a destination",
+        }
+        for k in sorted(doc)
         if k not in allowed
     ]
 
@@ -389,8 +398,7 @@ async def retry_dead_letters(request: Request, call: Call) -> Response:
         if await store.get_destination(project.project_id, destination_id) is None:
             raise NotFound("no such destination")
         retried = await store.retry_dead_letters(conn, project.project_id, destination_id, ids)
-        call.svc.forwarder.wake()
-        return await call.finish(
+        response = await call.finish(
             conn,
             JSONResponse({"retried": retried}),
             call.entry(
@@ -401,6 +409,8 @@ async def retry_dead_letters(request: Request, call: Call) -> Response:
                 retried=retried,
             ),
         )
+    call.svc.forwarder.wake()  # committed: this worker sends them now, not at its next poll
+    return response
 
 
 _BASE: Final = "/v1/projects/{project_id}/destinations"

@@ -408,3 +408,12 @@ class TestRotateSecret:
             f"{base(project)}/{created['id']}/rotate-secret", headers=bearer(secret_key)
         )
         is_problem(r, 400, "validation")
+
+
+async def test_an_unknown_field_that_is_personal_data_is_not_echoed(
+    client: httpx.AsyncClient, secret_key: str, project: dict[str, Any]
+) -> None:
+    r = await create(client, secret_key, project, **{"jane.doe@example.com": 1, "colour": 2})
+    problem = is_problem(r, 400, "validation")
+    assert "jane.doe" not in r.text
+    assert {e["field"] for e in problem["errors"]} == {"(unnamed)", "colour"}
