@@ -72,6 +72,8 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due_idx ON outbox (project_id, destination_id, next_attempt_at, id)
     WHERE status = 'pending';
 CREATE INDEX outbox_dead_idx ON outbox (project_id, destination_id, id) WHERE status = 'dead';
+-- The forwarder's sweep finds rows past their age every few seconds: never a scan of the queue.
+CREATE INDEX outbox_pending_age_idx ON outbox (created_at) WHERE status = 'pending';
 -- Erasure finds a person's rows by the message ids of the events it deletes.
 CREATE INDEX outbox_message_idx ON outbox (project_id, message_id);
 
