@@ -638,7 +638,10 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["type", "id"],
                     "properties": {
-                        "type": {"type": "string", "enum": ["project", "key", "subject"]},
+                        "type": {
+                            "type": "string",
+                            "enum": ["project", "key", "subject", "destination"],
+                        },
                         "id": {
                             "type": "string",
                             "description": "A project or key id; for a subject, the keyed "

@@ -86,9 +86,10 @@ class Served:
     secret_key: str
     write_key: str
     project_id: str
+    destination_id: str
 
 
-async def _keys(app: Any, settings: Settings) -> tuple[str, str, str]:
+async def _keys(app: Any, settings: Settings) -> tuple[str, str, str, str]:
     org = await _create_org(settings, "Acme")
     secret = org["secret_key"]["key"]
     transport = httpx.ASGITransport(app=app)
@@ -96,9 +97,22 @@ async def _keys(app: Any, settings: Settings) -> tuple[str, str, str]:
         response = await client.post(
             "/v1/projects", json={"name": "Fuzz"}, headers={"Authorization": f"Bearer {secret}"}
         )
-    assert response.status_code == 201, response.text
-    project = response.json()
-    return secret, project["write_key"]["key"], project["id"]
+        assert response.status_code == 201, response.text
+        project = response.json()
+        # A destination to aim the destination routes at (paused: nothing is ever sent).
+        response = await client.post(
+            f"/v1/projects/{project['id']}/destinations",
+            json={"type": "webhook", "name": "fuzz", "url": "http://127.0.0.1:9/hook"},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert response.status_code == 201, response.text
+        destination = response.json()["id"]
+        await client.patch(
+            f"/v1/projects/{project['id']}/destinations/{destination}",
+            json={"status": "paused"},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+    return secret, project["write_key"]["key"], project["id"], destination
 
 
 async def _lifespan_manager(app: Any) -> LifespanManager:
@@ -116,8 +130,8 @@ def served(settings: Settings) -> Iterator[Served]:
         manager = portal.call(_lifespan_manager, create_app(settings))
         with portal.wrap_async_context_manager(manager):
             loop = portal.call(_running_loop)
-            secret, write, project_id = portal.call(_keys, manager.app, settings)
-            yield Served(LoopBridge(manager.app, loop), secret, write, project_id)
+            secret, write, project_id, destination_id = portal.call(_keys, manager.app, settings)
+            yield Served(LoopBridge(manager.app, loop), secret, write, project_id, destination_id)
 
 
 def _credentials(case: Any, served: Served) -> dict[str, str]:
@@ -139,6 +153,8 @@ def _aim(case: Any, served: Served) -> None:
     path_parameters = case.path_parameters or {}
     if "project_id" in path_parameters:
         path_parameters["project_id"] = served.project_id
+    if "destination_id" in path_parameters:
+        path_parameters["destination_id"] = served.destination_id
     if "write_key" in path_parameters:
         path_parameters["write_key"] = served.write_key
     if case.operation.path.startswith(("/capture", "/batch", "/e", "/i/")) and isinstance(
