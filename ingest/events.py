@@ -549,7 +549,7 @@ class _Scrubber:
                 if email is not None:
                     self._found_email(email, 9)
                     return email.sha256
-            return pii.redact_emails(value)
+            value = pii.redact_emails(value)
         first = value[:1]
         if first and (first in "+(t0123456789") and pii.looks_like_phone(value):
             phone = pii.hash_phone(value, self.country)
@@ -557,6 +557,9 @@ class _Scrubber:
                 return None
             self._found_phone(phone, 9)
             return phone.sha256
+        if "+" in value or "(" in value:
+            # A number written inside free text ("call +1 415 555 0100") is hashed in place.
+            value = pii.redact_phones(value, self.country)
         if ":" in value and _IPV6_CHARS.match(value) and _parse_ip(value) is not None:
             return None  # an IPv6 literal is unambiguous wherever it appears
         return value

@@ -201,6 +201,15 @@ def redact_emails(text: str) -> str:
 
 # -- phone ---------------------------------------------------------------------------------------
 
+# A phone number inside free text: written internationally (+ and the separators people type) or
+# as a formatted North-American number with its area code in parentheses. Bare digit runs are
+# not taken (order numbers, ids). Bounded quantifiers keep it linear on hostile input; each
+# match is then checked by looks_like_phone.
+_EMBEDDED_PHONE = re.compile(
+    r"(?<![\w+])(?:\+[0-9][0-9 .\-()]{6,28}[0-9]"
+    r"|(?:1[ .\-])?\([0-9]{3}\)[ .\-]?[0-9]{3}[ .\-][0-9]{4})(?![0-9])"
+)
+
 
 def _strip_tel(value: str) -> str:
     s = value.strip()
@@ -248,6 +257,22 @@ def hash_phone(value: str, default_country: str | None) -> PhoneDigest | None:
     if normalized is None:
         return None
     return PhoneDigest(sha256_hex(normalized), sha256_hex("+" + normalized))
+
+
+def redact_phones(text: str, default_country: str | None) -> str:
+    """``text`` with each phone number written in it replaced by its SHA-256 (normalized as a
+    whole value would be)."""
+    if "+" not in text and "(" not in text:
+        return text
+
+    def replace(m: re.Match[str]) -> str:
+        found = m.group()
+        if not looks_like_phone(found):
+            return found
+        phone = hash_phone(found, default_country)
+        return phone.sha256 if phone is not None else found
+
+    return _EMBEDDED_PHONE.sub(replace, text)
 
 
 def looks_like_phone(value: str) -> bool:

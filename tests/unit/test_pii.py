@@ -351,3 +351,29 @@ def test_module_imports_no_web_or_db_stack() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"starlette", "asyncpg"}
+
+
+class TestPhonesInFreeText:
+    """A number written inside free text is replaced in place by the digest the same number
+    gets as a whole value; what only resembles one stays."""
+
+    @pytest.mark.parametrize(
+        ("text", "number"),
+        [
+            ("call +1 415 555 0142 now", "+1 415 555 0142"),
+            ("call +1 (415) 555-0142.", "+1 (415) 555-0142"),
+            ("tel +44 20 7946 0958, ok", "+44 20 7946 0958"),
+            ("office (415) 555-0142 ext", "(415) 555-0142"),
+        ],
+    )
+    def test_replaced_by_its_digest(self, text: str, number: str) -> None:
+        digest = pii.hash_phone(number, None)
+        assert digest is not None
+        assert pii.redact_phones(text, None) == text.replace(number, digest.sha256)
+
+    @pytest.mark.parametrize(
+        "text",
+        ["price (3) items +5 points", "version 1.2 (build 3)", "order 4155550142", "a+b", "+1"],
+    )
+    def test_what_only_resembles_one_stays(self, text: str) -> None:
+        assert pii.redact_phones(text, None) == text
