@@ -23,7 +23,7 @@ import structlog
 
 from ingest import embedded, migrate
 from ingest.config import ConfigError, Secret, Settings
-from ingest.drain import DrainingHttpToolsProtocol
+from ingest.drain import DrainingHttpToolsProtocol, DrainingSupervisor
 from ingest.geo import GeoDatabaseError, GeoLookup
 from ingest.logs import configure_logging
 from ingest.metrics import MULTIPROC_ENV
@@ -422,7 +422,11 @@ def _serve(settings: Settings) -> int:
         os.environ["INGEST_WORKERS"] = str(settings.workers)
         with tempfile.TemporaryDirectory(prefix="ingest-metrics-") as metrics_dir:
             os.environ[MULTIPROC_ENV] = metrics_dir
-            uvicorn.run("ingest.app:app_from_env", factory=True, workers=settings.workers, **common)
+            # uvicorn.run(..., workers=N) with our supervisor (drain.DrainingSupervisor).
+            config = uvicorn.Config(
+                "ingest.app:app_from_env", factory=True, workers=settings.workers, **common
+            )
+            DrainingSupervisor(config, sockets=[config.bind_socket()]).run()
     else:
         uvicorn.run(create_app(settings), **common)
     return 0

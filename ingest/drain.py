@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 # Long enough for a request already sent to be read, short enough that the whole drain stays
 # well inside uvicorn's timeout_graceful_shutdown.
@@ -40,3 +41,20 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.cycle is None or self.cycle.response_complete:
             self.transport.close()
+
+
+class DrainingSupervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, closing its own copy of the listening socket
+    before it stops the workers.
+
+    uvicorn keeps that copy open until every worker has exited. Meanwhile the workers no longer
+    accept, but the kernel still completes new connections on the socket and queues them; when
+    the last process exits it resets them, with the client's request unread. Closed first, the
+    socket goes away as the workers close theirs: a client connecting during the drain is
+    refused at once, and retries against the restarted server.
+    """
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
