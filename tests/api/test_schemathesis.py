@@ -20,6 +20,7 @@ from anyio.from_thread import start_blocking_portal
 from asgi_lifespan import LifespanManager
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
+from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
@@ -200,3 +201,30 @@ def test_posthog_form_with_non_latin1_data_is_a_400(served: Served) -> None:
     response = case.call_and_validate(checks=CHECKS)
     assert response.status_code == 400
     assert response.json()["type"].endswith("/invalid-body")
+
+
+def test_no_invalid_input_is_a_server_error(served: Served, subtests: pytest.Subtests) -> None:
+    """Schemathesis's negative mode: requests that break the document on purpose (wrong types,
+    missing fields, values out of range) with valid keys. Each must be a 4xx, never a 5xx."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", served.bridge)
+    operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        @hypothesis.settings(
+            max_examples=15,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        def fuzz(case: Any) -> None:
+            _aim(case, served)
+            case.call_and_validate(headers=_credentials(case, served), checks=[not_a_server_error])
+
+        with subtests.test(msg=operation.label):
+            try:
+                fuzz()
+            except hypothesis.errors.Unsatisfiable:
+                # Nothing in the operation can be made invalid (a GET without parameters).
+                pytest.skip("no invalid request exists for this operation")
