@@ -175,7 +175,7 @@ def report_purge(result: PurgeResult, metrics: Metrics | None = None) -> None:
 async def maintain_once(svc: Services) -> PurgeResult:
     """Create the coming days' partitions, then purge what is past each project's retention."""
     await svc.store.ensure_partitions()
-    result = await svc.store.purge(dead_letter_days=svc.settings.forward_dead_letter_days)
+    result = await svc.store.purge()
     report_purge(result, svc.metrics)
     return result
 

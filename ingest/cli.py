@@ -361,7 +361,7 @@ async def _purge(settings: Settings) -> dict[str, int | bool]:
 
     pool = await _pool(settings)
     try:
-        result = await Store(pool).purge(dead_letter_days=settings.forward_dead_letter_days)
+        result = await Store(pool).purge()
     finally:
         await pool.close()
     report_purge(result)

@@ -121,12 +121,10 @@ class Settings:
     forward_concurrency: int = 2
     forward_timeout_s: float = 10.0
     # Retries back off exponentially from base to max (with jitter); a row goes dead after
-    # max_attempts or max_age, whichever comes first; dead letters are kept dead_letter_days.
+    # max_attempts, or once older than its project's forward_queue_days.
     forward_backoff_base_s: float = 1.0
     forward_backoff_max_s: float = 900.0
     forward_max_attempts: int = 20
-    forward_max_age_s: float = 86400.0
-    forward_dead_letter_days: int = 7
     # How often an idle forwarder looks for due rows that another process wrote, and how often
     # it expires rows past their age and refreshes the queue gauges.
     forward_poll_s: float = 1.0
@@ -184,8 +182,6 @@ class Settings:
         take("FORWARD_BACKOFF_BASE_SECONDS", "forward_backoff_base_s", _positive_float)
         take("FORWARD_BACKOFF_MAX_SECONDS", "forward_backoff_max_s", _positive_float)
         take("FORWARD_MAX_ATTEMPTS", "forward_max_attempts", _positive_int)
-        take("FORWARD_MAX_AGE_SECONDS", "forward_max_age_s", _positive_float)
-        take("FORWARD_DEAD_LETTER_DAYS", "forward_dead_letter_days", _positive_int)
         take("FORWARD_POLL_SECONDS", "forward_poll_s", _positive_float)
         take("FORWARD_SWEEP_SECONDS", "forward_sweep_s", _positive_float)
         for name, moved_to in _MOVED.items():

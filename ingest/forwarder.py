@@ -10,7 +10,7 @@ deduplicate on it, as Meta does on event_id).
 Retries: 5xx, 408, 429 and network errors back off exponentially with jitter, and never sooner
 than the receiver's Retry-After; any other answer (a 3xx is never followed, a 4xx will not
 change) puts the batch in the dead letters at once. A row also goes dead after
-``forward_max_attempts`` attempts or ``forward_max_age_s`` in the outbox; a dead row loses its
+``forward_max_attempts`` attempts or its project's ``forward_queue_days``; a dead row loses its
 device ids and can be retried through the API.
 """
 
@@ -315,7 +315,7 @@ class Forwarder:
                     duration_ms=round(elapsed * 1000, 1),
                 )
                 return len(rows)
-            failure = self._failure(rows, attempt)
+            failure = self._failure(destination, rows, attempt)
             await Store.mark_failed(conn, destination, failure)
         error = attempt.error or "error"
         self._metrics.forward_failed.labels(destination=label, reason=error).inc(len(rows))
@@ -334,18 +334,21 @@ class Forwarder:
         )
         return len(rows)
 
-    def _failure(self, rows: Sequence[OutboxRow], attempt: Attempt) -> Failure:
+    def _failure(
+        self, destination: Destination, rows: Sequence[OutboxRow], attempt: Attempt
+    ) -> Failure:
         s = self._settings
         now = datetime.now(UTC)
+        max_age_s = destination.queue_days * 86400.0
         retry: list[tuple[int, float]] = []
         dead: list[int] = []
-        honoured = min(attempt.retry_after_s or 0.0, s.forward_max_age_s)
+        honoured = min(attempt.retry_after_s or 0.0, max_age_s)
         # One draw per request: rows that failed together stay together (one batch next time).
         jitter = self._rng.uniform(0.5, 1.0)
         wait = 0.0
         for row in rows:
             number = row.attempts + 1
-            expired = (now - row.created_at).total_seconds() >= s.forward_max_age_s
+            expired = (now - row.created_at).total_seconds() >= max_age_s
             if not attempt.retryable or number >= s.forward_max_attempts or expired:
                 dead.append(row.outbox_id)
                 continue
@@ -415,7 +418,7 @@ class Forwarder:
 
     async def sweep(self) -> None:
         """Expire rows that waited too long, and refresh the queue gauges."""
-        expired = await self._store.expire_outbox(self._settings.forward_max_age_s)
+        expired = await self._store.expire_outbox()
         for destination_id in expired:
             self._metrics.forward_dead.labels(destination=str(destination_id)).inc()
         stats = await self._store.outbox_stats()

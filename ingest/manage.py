@@ -21,16 +21,24 @@ from ingest.origins import OriginsInvalid, parse_allowed_origins
 from ingest.partner import Call, partner_route
 from ingest.problems import Conflict, InvalidBody, NotFound, ValidationFailed
 from ingest.store import (
+    DEFAULT_DEAD_LETTER_DAYS,
     DEFAULT_DEDUP_WINDOW_DAYS,
     DEFAULT_EVENTS_RETENTION_DAYS,
+    DEFAULT_FORWARD_QUEUE_DAYS,
     IssuedKey,
     LastSecretKey,
     ProjectChanges,
 )
 
-# A project's retention settings (sql/0003_project_retention.sql), in days; ten years at most.
-RETENTION_FIELDS: Final = ("events_retention_days", "dedup_window_days")
+# A project's retention settings (sql/0003, sql/0006), in days, and the most each may be: ten
+# years, but a month for the forward queue, where device ids wait.
 MAX_DAYS: Final = 3650
+RETENTION_FIELDS: Final = {
+    "events_retention_days": MAX_DAYS,
+    "dedup_window_days": MAX_DAYS,
+    "forward_queue_days": 30,
+    "dead_letter_days": MAX_DAYS,
+}
 # What a project does with an email- or phone-shaped user_id or anonymous_id (sql/0005).
 IDENTIFIER_PII: Final = ("reject", "hash")
 
@@ -57,16 +65,16 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
     except OriginsInvalid as exc:
         errors.append({"field": "allowed_origins", "reason": str(exc)})
     retention: dict[str, int | None] = {}
-    for field in RETENTION_FIELDS:
+    for field, most in RETENTION_FIELDS.items():
         value = doc.get(field)
         # Absent keeps the current value (on create: the default); null is refused, since a
         # retention cannot be cleared. bool is an int to Python, not to a partner.
         if field not in doc:
             retention[field] = None
-        elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DAYS:
+        elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most:
             retention[field] = value
         else:
-            errors.append({"field": field, "reason": f"a whole number of days, 1 to {MAX_DAYS}"})
+            errors.append({"field": field, "reason": f"a whole number of days, 1 to {most}"})
     identifier_pii = doc.get("identifier_pii")
     if "identifier_pii" in doc and identifier_pii not in IDENTIFIER_PII:
         errors.append({"field": "identifier_pii", "reason": '"reject" or "hash"'})
@@ -81,6 +89,8 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
         allowed_origins=origins,
         events_retention_days=retention["events_retention_days"],
         dedup_window_days=retention["dedup_window_days"],
+        forward_queue_days=retention["forward_queue_days"],
+        dead_letter_days=retention["dead_letter_days"],
         identifier_pii=identifier_pii if isinstance(identifier_pii, str) else None,
     )
 
@@ -109,6 +119,8 @@ async def post_projects(request: Request, call: Call) -> Response:
             events_retention_days=fields.events_retention_days or DEFAULT_EVENTS_RETENTION_DAYS,
             dedup_window_days=fields.dedup_window_days or DEFAULT_DEDUP_WINDOW_DAYS,
             identifier_pii=fields.identifier_pii or "reject",
+            forward_queue_days=fields.forward_queue_days or DEFAULT_FORWARD_QUEUE_DAYS,
+            dead_letter_days=fields.dead_letter_days or DEFAULT_DEAD_LETTER_DAYS,
             conn=conn,
         )
         body = {**project.as_dict(), "write_key": write_key.as_dict()}

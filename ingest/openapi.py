@@ -276,6 +276,8 @@ def _schemas() -> dict[str, Any]:
         "allowed_origins": {"type": ["array", "null"], "items": {"type": "string"}},
         "events_retention_days": {"type": "integer"},
         "dedup_window_days": {"type": "integer"},
+        "forward_queue_days": {"type": "integer"},
+        "dead_letter_days": {"type": "integer"},
         "identifier_pii": {"type": "string", "enum": ["reject", "hash"]},
         "created_at": {"type": "string", "format": "date-time"},
     }
@@ -306,6 +308,21 @@ def _schemas() -> dict[str, Any]:
             "maximum": 3650,
             "default": 7,
             "description": "Days a message_id is remembered: a retry within it is stored once.",
+        },
+        "forward_queue_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 30,
+            "default": 1,
+            "description": "Days an event may wait for a destination before it goes to the "
+            "dead letters and loses its device ids (a paused destination's too).",
+        },
+        "dead_letter_days": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 3650,
+            "default": 7,
+            "description": "Days dead letters are kept for a retry.",
         },
         "identifier_pii": {
             "type": "string",

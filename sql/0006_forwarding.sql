@@ -2,6 +2,15 @@
 -- what was delivered (an erasure's receipt lists it, so the partner can pass the erasure on,
 -- GDPR Art. 19). Device ids live in the outbox only: never in events, gone once delivered.
 
+-- The forward queue's retention, per project (like events_retention_days, sql/0003): how long
+-- a row may wait for delivery before it goes dead and loses its device ids, and how long dead
+-- letters are kept for a retry.
+ALTER TABLE projects
+    ADD COLUMN forward_queue_days integer NOT NULL DEFAULT 1
+        CONSTRAINT projects_forward_queue_days_check CHECK (forward_queue_days BETWEEN 1 AND 30),
+    ADD COLUMN dead_letter_days integer NOT NULL DEFAULT 7
+        CONSTRAINT projects_dead_letter_days_check CHECK (dead_letter_days BETWEEN 1 AND 3650);
+
 -- A destination is addressed through its project, like everything a partner owns. No foreign
 -- key to projects: a project's rows are deleted in short batches after the project row
 -- (Store.delete_project_data), as every other table of it is.

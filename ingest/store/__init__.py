@@ -39,8 +39,10 @@ from ingest.store.retention import (
 )
 from ingest.store.subjects import Identifiers, Profile, Receipt, SubjectsMixin
 from ingest.store.tenancy import (
+    DEFAULT_DEAD_LETTER_DAYS,
     DEFAULT_DEDUP_WINDOW_DAYS,
     DEFAULT_EVENTS_RETENTION_DAYS,
+    DEFAULT_FORWARD_QUEUE_DAYS,
     IssuedKey,
     KeyInfo,
     KeyRecord,
@@ -52,8 +54,10 @@ from ingest.store.tenancy import (
 from ingest.store.writes import _CLAIM_EVENTS, SUBJECT_LOCK, EventWrites, Fate
 
 __all__ = [
+    "DEFAULT_DEAD_LETTER_DAYS",
     "DEFAULT_DEDUP_WINDOW_DAYS",
     "DEFAULT_EVENTS_RETENTION_DAYS",
+    "DEFAULT_FORWARD_QUEUE_DAYS",
     "DURABILITY_SETTINGS",
     "PURGE_BATCH_ROWS",
     "PURGE_LOCK",

@@ -43,6 +43,8 @@ class Destination:
     secret: str | None = field(default=None, repr=False)
     # A webhook's secret before a rotation, while its grace period lasts (signed with both).
     previous_secret: str | None = field(default=None, repr=False)
+    # How long its project lets a row wait (projects.forward_queue_days), for the forwarder.
+    queue_days: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,7 @@ def _destination(row: asyncpg.Record, *, with_secret: bool = False) -> Destinati
         row["has_secret"],
         row["secret"] if with_secret else None,
         row["previous_secret"] if with_secret else None,
+        row["queue_days"] if with_secret else 1,
     )
 
 
@@ -258,7 +261,9 @@ _RETRY_DEAD_LETTERS: Final = """
 # Active destinations with a row due, of live projects, that did not ask us to wait.
 _DUE_DESTINATIONS: Final = f"""
     SELECT {_DESTINATION_COLUMNS}, secret,
-           CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
+           CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret,
+           (SELECT p.forward_queue_days FROM projects AS p WHERE p.id = d.project_id)
+               AS queue_days
     FROM destinations AS d
     WHERE d.status = 'active'
       AND (d.retry_at IS NULL OR d.retry_at <= now())
@@ -329,15 +334,18 @@ _DESTINATION_WAIT: Final = """
       AND id = $2
 """
 
-# Rows that waited too long (a paused destination, one that never recovered) go dead, and
-# lose their device ids, even when nobody tries to deliver them.
+# Rows that waited longer than their project allows (a paused destination, one that never
+# recovered) go dead, and lose their device ids, even when nobody tries to deliver them. No
+# project keeps them less than a day: that bound lets the age index narrow the scan.
 _EXPIRE_PENDING: Final = """
     WITH expired AS (
-        SELECT project_id, id
-        FROM outbox
-        WHERE status = 'pending'
-          AND created_at < now() - make_interval(secs => $1)
-        LIMIT $2
+        SELECT o.project_id, o.id
+        FROM outbox AS o
+        JOIN projects AS p ON p.id = o.project_id
+        WHERE o.status = 'pending'
+          AND o.created_at < now() - interval '1 day'
+          AND o.created_at < now() - make_interval(days => p.forward_queue_days)
+        LIMIT $1
     )
     UPDATE outbox AS o
     SET status = 'dead', devices = NULL, dead_at = now(),
@@ -582,12 +590,13 @@ class ForwardingMixin(StoreBase):
                 _DESTINATION_WAIT, pid, destination.destination_id, failure.destination_wait_s
             )
 
-    async def expire_outbox(self, max_age_s: float, *, batch_rows: int = 1000) -> list[uuid.UUID]:
-        """Move rows older than ``max_age_s`` to the dead letters; the destination of each."""
+    async def expire_outbox(self, *, batch_rows: int = 1000) -> list[uuid.UUID]:
+        """Move rows past their project's forward_queue_days to the dead letters; the
+        destination of each."""
         gone: list[uuid.UUID] = []
         async with self.pool.acquire() as conn:
             while True:
-                rows = await conn.fetch(_EXPIRE_PENDING, max_age_s, batch_rows)
+                rows = await conn.fetch(_EXPIRE_PENDING, batch_rows)
                 gone.extend(r["destination_id"] for r in rows)
                 if len(rows) < batch_rows:
                     return gone

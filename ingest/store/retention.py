@@ -57,7 +57,7 @@ _SET_PURGE_LOCK_TIMEOUT: Final = "SET LOCAL lock_timeout = '2s'"
 _PARTITION_NAME: Final = re.compile(r"events_p(\d{8})")
 
 _PROJECT_RETENTIONS: Final = """
-    SELECT id, events_retention_days, dedup_window_days
+    SELECT id, events_retention_days, dedup_window_days, dead_letter_days
     FROM projects
     ORDER BY id
 """
@@ -191,7 +191,6 @@ class RetentionMixin(StoreBase):
         now: datetime | None = None,
         *,
         batch_rows: int = PURGE_BATCH_ROWS,
-        dead_letter_days: int = 7,
     ) -> PurgeResult:
         """Delete what is past each project's retention; see the README's Retention section.
 
@@ -201,7 +200,7 @@ class RetentionMixin(StoreBase):
            kept for a longer-lived project, and the default partition), ``batch_rows`` a
            statement.
         3. Per project, message ids older than its dedup window are deleted, in batches too.
-        4. Per project, forwarding's dead letters older than ``dead_letter_days`` and the
+        4. Per project, forwarding's dead letters older than its ``dead_letter_days`` and the
            delivery records of events past its retention are deleted.
 
         Events are kept by whole UTC days: those received on day D go once D is more than
@@ -242,7 +241,7 @@ class RetentionMixin(StoreBase):
                     dead, delivered = await purge_forwarding(
                         conn,
                         row["id"],
-                        dead_before=now - timedelta(days=dead_letter_days),
+                        dead_before=now - timedelta(days=row["dead_letter_days"]),
                         received_before=_day_start(
                             today - timedelta(days=row["events_retention_days"])
                         ),

@@ -16,6 +16,9 @@ from ingest.store._db import Connection, StoreBase, _iso, _one
 # The column defaults of sql/0003_project_retention.sql: 13 months of events, 7 days of dedup.
 DEFAULT_EVENTS_RETENTION_DAYS: Final = 395
 DEFAULT_DEDUP_WINDOW_DAYS: Final = 7
+# The forward queue (sql/0006): a day for a row to be delivered, a week for a dead letter.
+DEFAULT_FORWARD_QUEUE_DAYS: Final = 1
+DEFAULT_DEAD_LETTER_DAYS: Final = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class Project:
     events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS
     dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS
     identifier_pii: str = "reject"
+    forward_queue_days: int = DEFAULT_FORWARD_QUEUE_DAYS
+    dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +78,8 @@ class Project:
             ),
             "events_retention_days": self.events_retention_days,
             "dedup_window_days": self.dedup_window_days,
+            "forward_queue_days": self.forward_queue_days,
+            "dead_letter_days": self.dead_letter_days,
             "identifier_pii": self.identifier_pii,
             "created_at": self.created_at.isoformat(),
         }
@@ -91,6 +98,8 @@ class ProjectChanges:
     # None leaves the retention as it is (on create: the column default).
     events_retention_days: int | None = None
     dedup_window_days: int | None = None
+    forward_queue_days: int | None = None
+    dead_letter_days: int | None = None
     # None leaves it as it is (on create: "reject").
     identifier_pii: str | None = None
 
@@ -102,6 +111,8 @@ class ProjectChanges:
             "allowed_origins": self.set_allowed_origins,
             "events_retention_days": self.events_retention_days is not None,
             "dedup_window_days": self.dedup_window_days is not None,
+            "forward_queue_days": self.forward_queue_days is not None,
+            "dead_letter_days": self.dead_letter_days is not None,
             "identifier_pii": self.identifier_pii is not None,
         }
         return [name for name, is_set in named.items() if is_set]
@@ -176,6 +187,8 @@ def _project(row: asyncpg.Record) -> Project:
         row["events_retention_days"],
         row["dedup_window_days"],
         row["identifier_pii"],
+        row["forward_queue_days"],
+        row["dead_letter_days"],
     )
 
 
@@ -193,9 +206,9 @@ _INSERT_KEY: Final = """
 _INSERT_PROJECT: Final = """
     INSERT INTO projects (
         id, org_id, name, default_country, allowed_origins, events_retention_days,
-        dedup_window_days, identifier_pii
+        dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     RETURNING created_at
 """
 
@@ -211,7 +224,7 @@ _FIND_KEY: Final = """
 
 _GET_PROJECT: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days, identifier_pii
+           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
     FROM projects
     WHERE id = $1
       AND org_id = $2
@@ -227,17 +240,20 @@ _UPDATE_PROJECT: Final = """
         allowed_origins = CASE WHEN $7::boolean THEN $8::text[] ELSE allowed_origins END,
         events_retention_days = coalesce($9::integer, events_retention_days),
         dedup_window_days = coalesce($10::integer, dedup_window_days),
-        identifier_pii = coalesce($11::text, identifier_pii)
+        identifier_pii = coalesce($11::text, identifier_pii),
+        forward_queue_days = coalesce($12::integer, forward_queue_days),
+        dead_letter_days = coalesce($13::integer, dead_letter_days)
     WHERE id = $1
       AND org_id = $2
     RETURNING id, org_id, name, default_country, created_at, allowed_origins,
-              events_retention_days, dedup_window_days, identifier_pii
+              events_retention_days, dedup_window_days, identifier_pii, forward_queue_days,
+              dead_letter_days
 """
 
 
 _LIST_PROJECTS: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days, identifier_pii
+           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
     FROM projects
     WHERE org_id = $1
     ORDER BY created_at, id
@@ -332,6 +348,8 @@ class TenancyMixin(StoreBase):
         events_retention_days: int = DEFAULT_EVENTS_RETENTION_DAYS,
         dedup_window_days: int = DEFAULT_DEDUP_WINDOW_DAYS,
         identifier_pii: str = "reject",
+        forward_queue_days: int = DEFAULT_FORWARD_QUEUE_DAYS,
+        dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS,
         conn: Connection | None = None,
     ) -> tuple[Project, IssuedKey]:
         """A project and its first write key; on ``conn`` (inside the caller's transaction)
@@ -346,6 +364,8 @@ class TenancyMixin(StoreBase):
                     events_retention_days=events_retention_days,
                     dedup_window_days=dedup_window_days,
                     identifier_pii=identifier_pii,
+                    forward_queue_days=forward_queue_days,
+                    dead_letter_days=dead_letter_days,
                     conn=own,
                 )
         project_id = uuid.uuid4()
@@ -360,6 +380,8 @@ class TenancyMixin(StoreBase):
             events_retention_days,
             dedup_window_days,
             identifier_pii,
+            forward_queue_days,
+            dead_letter_days,
         )
         key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
         project = Project(
@@ -372,6 +394,8 @@ class TenancyMixin(StoreBase):
             events_retention_days,
             dedup_window_days,
             identifier_pii,
+            forward_queue_days,
+            dead_letter_days,
         )
         return project, key
 
@@ -406,6 +430,8 @@ class TenancyMixin(StoreBase):
             changes.events_retention_days,
             changes.dedup_window_days,
             changes.identifier_pii,
+            changes.forward_queue_days,
+            changes.dead_letter_days,
         )
         return None if row is None else _project(row)
 

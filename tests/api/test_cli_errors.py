@@ -274,7 +274,8 @@ class TestProgress:
                 )
                 project_id = await conn.fetchval(
                     "INSERT INTO projects (id, org_id, name, events_retention_days, "
-                    "dedup_window_days) VALUES (gen_random_uuid(), $1, 'p', 3, 1) RETURNING id",
+                    "dedup_window_days, dead_letter_days) "
+                    "VALUES (gen_random_uuid(), $1, 'p', 3, 1, 2) RETURNING id",
                     org_id,
                 )
                 # Three partitions past 3 days, one event in the default partition past it,
@@ -292,7 +293,7 @@ class TestProgress:
                     "SELECT $1, 'm' || g, now() - interval '2 days' FROM generate_series(1, 2) g",
                     project_id,
                 )
-                # Forwarding: a dead letter past INGEST_FORWARD_DEAD_LETTER_DAYS (2 here) and
+                # Forwarding: a dead letter past the project's dead_letter_days (2 here) and
                 # one within it; a delivery record of an event past the retention, one within.
                 destination = await conn.fetchval(
                     "INSERT INTO destinations (project_id, id, type, name, url) "
@@ -320,8 +321,7 @@ class TestProgress:
                 await conn.close()
 
         asyncio.run(seed())
-        env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_FORWARD_DEAD_LETTER_DAYS="2")
-        result = _run(["purge"], env)
+        result = _run(["purge"], _env(INGEST_DATABASE_URL=db_dsn))
         assert result.returncode == 0, result.stderr
         counts = {
             "partitions_dropped": 3,

@@ -421,7 +421,7 @@ class TestDeadLetters:
         await set_status(client, secret_key, project["id"], destination["id"], "paused")
         await send(client, write_key, [app_event(1)])
         assert await conn.fetchval("SELECT devices FROM outbox") is not None
-        # As if it had waited since yesterday: the sweep expires it (forward_max_age_s is 1 day).
+        # As if it had waited since yesterday: the sweep expires it (forward_queue_days is 1).
         await conn.execute("UPDATE outbox SET created_at = now() - interval '25 hours'")
         await eventually(lambda: _count_is(conn, "dead", 1))
         row = await conn.fetchrow("SELECT devices, last_error FROM outbox")

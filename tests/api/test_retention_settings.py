@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from ingest.config import Settings
 from tests.conftest import bearer
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The forward queue's expiry sweep every 0.05 s instead of every 5 s."""
+    return dataclasses.replace(settings, forward_sweep_s=0.05)
 
 
 class TestRetentionSettings:
@@ -100,3 +109,81 @@ class TestRetentionSettings:
         )
         assert row is not None
         assert tuple(row) == (395, 7)
+
+
+class TestForwardQueueRetention:
+    async def test_a_day_to_deliver_a_week_for_dead_letters_by_default(
+        self, project: dict[str, Any]
+    ) -> None:
+        assert (project["forward_queue_days"], project["dead_letter_days"]) == (1, 7)
+
+    async def test_set_per_project_and_bounded(
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        project: dict[str, Any],
+        conn: asyncpg.Connection,
+    ) -> None:
+        path = f"/v1/projects/{project['id']}"
+        r = await client.patch(
+            path, json={"forward_queue_days": 3, "dead_letter_days": 30}, headers=bearer(secret_key)
+        )
+        assert r.status_code == 200, r.text
+        assert (r.json()["forward_queue_days"], r.json()["dead_letter_days"]) == (3, 30)
+        row = await conn.fetchrow(
+            "SELECT forward_queue_days, dead_letter_days FROM projects WHERE id = $1::uuid",
+            project["id"],
+        )
+        assert row is not None
+        assert tuple(row) == (3, 30)
+        # Device ids wait a month at most.
+        for field, value in (("forward_queue_days", 31), ("forward_queue_days", 0)):
+            r = await client.patch(path, json={field: value}, headers=bearer(secret_key))
+            assert r.status_code == 400, r.text
+            assert [e["field"] for e in r.json()["errors"]] == [field]
+            assert "1 to 30" in r.json()["errors"][0]["reason"]
+
+    async def test_rows_wait_as_long_as_their_project_says(
+        self,
+        client: httpx.AsyncClient,
+        secret_key: str,
+        project: dict[str, Any],
+        write_key: str,
+        conn: asyncpg.Connection,
+    ) -> None:
+        """Two days old: kept where forward_queue_days is 3, dead where it is 1 (the default)."""
+        other = await client.post("/v1/projects", json={"name": "B"}, headers=bearer(secret_key))
+        patient = await client.patch(
+            f"/v1/projects/{project['id']}",
+            json={"forward_queue_days": 3},
+            headers=bearer(secret_key),
+        )
+        assert patient.status_code == 200, patient.text
+        for pid, key in (
+            (project["id"], write_key),
+            (other.json()["id"], other.json()["write_key"]["key"]),
+        ):
+            r = await client.post(
+                f"/v1/projects/{pid}/destinations",
+                json={"type": "webhook", "name": "h", "url": "http://127.0.0.1:9/h"},
+                headers=bearer(secret_key),
+            )
+            await client.patch(
+                f"/v1/projects/{pid}/destinations/{r.json()['id']}",
+                json={"status": "paused"},
+                headers=bearer(secret_key),
+            )
+            r = await client.post(
+                "/v1/track", json={"event": "e", "user_id": "u"}, headers=bearer(key)
+            )
+            assert r.status_code == 200, r.text
+        await conn.execute("UPDATE outbox SET created_at = now() - interval '2 days'")
+        for _ in range(200):  # the sweep runs every INGEST_FORWARD_SWEEP_SECONDS
+            if await conn.fetchval("SELECT count(*) FROM outbox WHERE status = 'dead'"):
+                break
+            await asyncio.sleep(0.05)
+        rows = await conn.fetch("SELECT project_id::text AS p, status FROM outbox")
+        assert {(r["p"], r["status"]) for r in rows} == {
+            (project["id"], "pending"),
+            (other.json()["id"], "dead"),
+        }

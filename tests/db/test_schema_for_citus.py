@@ -174,7 +174,7 @@ def test_statements_reading_two_tables_are_reviewed() -> None:
         # of a delivered batch (one project), and the expiry sweep (a CTE of one table).
         "_DUE_DESTINATIONS": {"destinations", "projects", "outbox"},
         "_DELIVERED": {"outbox", "deliveries", "gone"},
-        "_EXPIRE_PENDING": {"outbox", "expired"},
+        "_EXPIRE_PENDING": {"outbox", "projects", "expired"},
     }
 
 
@@ -200,6 +200,8 @@ def test_store_joins_distributed_tables_only_on_the_project() -> None:
     assert {n: [(a, b) for a, _, b, _, _ in j] for n, j in joins.items()} == {
         "_FIND_KEY": [("api_keys", "projects")],
         "_EVENT_PARTITIONS": [("pg_inherits", "pg_class")],
+        # Each outbox row with its own project's forward_queue_days.
+        "_EXPIRE_PENDING": [("outbox", "projects")],
     }
     for found in joins.values():
         for left, left_alias, right, right_alias, condition in found:
