@@ -26,6 +26,14 @@ from tests.conftest import bearer, client_for
 TODAY = datetime.now(UTC).date()
 
 
+@pytest.fixture(autouse=True)
+def _today() -> None:
+    """TODAY is read when each test starts, not when the module is imported: a session that
+    crosses midnight UTC would otherwise purge with a later day than the data was laid out for."""
+    global TODAY  # the tests read it as a module constant
+    TODAY = datetime.now(UTC).date()
+
+
 def day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
