@@ -59,7 +59,7 @@ class InvalidBody(Problem):
 
 
 class ValidationFailed(Problem):
-    """The event is invalid."""
+    """The request is invalid."""
 
     slug = "validation"
 
