@@ -671,3 +671,43 @@ async def _done(conn: asyncpg.Connection) -> bool:
 
 async def _count_is(conn: asyncpg.Connection, status: str, n: int) -> bool:
     return await outbox_count(conn, status) == n
+
+
+class TestRestart:
+    async def test_a_batch_cut_off_by_a_stop_is_sent_again_by_the_next_server(
+        self,
+        settings: Settings,
+        org: dict[str, Any],
+        conn: asyncpg.Connection,
+        serve: Callable[[Receiver], Awaitable[Receiver]],
+    ) -> None:
+        """The server stops while a delivery waits for its answer: the batch is rolled back
+        (device ids still in the outbox, nothing recorded as delivered), and the next server
+        sends it. At least once: the receiver saw it twice, the second time answered."""
+        gate = asyncio.Event()
+        receiver = await serve(Receiver(gate=gate))
+        secret = org["secret_key"]["key"]
+        # A request timeout past the stop's 2 s grace: the stop, not the timeout, ends it.
+        settings = dataclasses.replace(settings, forward_timeout_s=30.0)
+        first = create_app(settings, metrics=Metrics())
+        async with LifespanManager(first) as manager, client_for(manager.app) as client:
+            r = await client.post("/v1/projects", json={"name": "p"}, headers=bearer(secret))
+            project = r.json()
+            await create_destination(client, secret, project["id"], url=receiver.url)
+            await send(client, project["write_key"]["key"], [app_event(1)])
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+        # Stopped with the request unanswered.
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 0
+        assert await conn.fetchval("SELECT devices FROM outbox WHERE status = 'pending'") == {
+            "advertising_id": AD_ID,
+            "device_id": IDFV,
+        }
+        gate.set()
+        second = create_app(settings, metrics=Metrics())
+        async with LifespanManager(second):
+            await eventually(lambda: _done(conn))
+        # The receiver answered the first request too, after the server had gone: it sees the
+        # event twice and deduplicates on message_id; we recorded one delivery.
+        assert len(receiver.requests) == 2
+        assert {e["message_id"] for e in receiver.events()} == {"m-u1-1"}
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 1
