@@ -21,7 +21,6 @@ import contextlib
 import email.utils
 import hashlib
 import hmac
-import ipaddress
 import random
 import time
 import uuid
@@ -390,7 +389,7 @@ class Forwarder:
             log.exception("forward_payload_failed", destination_id=str(destination.destination_id))
             return Attempt(ok=False, error="payload", retryable=False)
         extensions: dict[str, Any] = {}
-        if target.scheme == "https" and not _is_literal(target.host):
+        if target.scheme == "https" and target.address is None:
             # Connect to the address we checked, but verify the certificate against the name.
             extensions["sni_hostname"] = target.host
         last = Attempt(ok=False, error="network")
@@ -436,14 +435,6 @@ class Forwarder:
             self._metrics.forward_dead_letters.labels(destination=label).set(0)
             self._metrics.forward_oldest_seconds.labels(destination=label).set(0)
         self._known = seen
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _judge(response: httpx.Response) -> Attempt:

@@ -46,6 +46,14 @@ class Target:
         return f"{self.scheme}://{literal}:{self.port}{self.path}"
 
     @property
+    def address(self) -> IPAddress | None:
+        """The host when it is an IP address literal, else None (a name)."""
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    @property
     def host_header(self) -> str:
         default = 443 if self.scheme == "https" else 80
         literal = f"[{self.host}]" if ":" in self.host else self.host
@@ -91,10 +99,7 @@ def is_public(address: IPAddress) -> bool:
 async def resolve(target: Target, *, allow_private: bool) -> list[IPAddress]:
     """The addresses ``target`` may be reached at; raise Refused when there are none (every
     address of the name must be public, so a name cannot mix one in)."""
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(target.host)
-    except ValueError:
-        literal = None
+    literal = target.address
     if literal is not None:
         addresses = [literal]
     else:
