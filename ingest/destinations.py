@@ -241,7 +241,7 @@ async def patch_destination(request: Request, call: Call) -> Response:
     found = await store.get_destination(project.project_id, destination_id)
     if found is None:
         raise NotFound("no such destination")
-    current = found[0]
+    current, queue = found  # a change of the destination leaves its queue as it is
     doc = await call.doc()
     errors = _unknown(doc, _PATCH_FIELDS)
     if not doc:
@@ -269,8 +269,6 @@ async def patch_destination(request: Request, call: Call) -> Response:
         updated = await store.update_destination(conn, project.project_id, destination_id, changes)
         if updated is None:  # deleted meanwhile
             raise NotFound("no such destination")
-        stats = await store.get_destination(project.project_id, destination_id)
-        queue = stats[1] if stats is not None else QueueStats(0, 0, None)
         return await call.finish(
             conn,
             JSONResponse(_body(updated, queue)),
