@@ -387,7 +387,6 @@ _ERASE_OUTBOX: Final = """
     DELETE FROM outbox
     WHERE project_id = $1
       AND message_id = ANY($2::text[])
-    RETURNING destination_id, status
 """
 
 _ERASE_DELIVERIES: Final = """
@@ -620,7 +619,8 @@ async def erase_forwarding(
     delivered: dict[uuid.UUID, list[datetime]] = {}
     for start in range(0, len(message_ids), batch_rows):
         chunk = list(message_ids[start : start + batch_rows])
-        queued += len(await conn.fetch(_ERASE_OUTBOX, project_id, chunk))
+        status: str = await conn.execute(_ERASE_OUTBOX, project_id, chunk)
+        queued += int(status.split()[-1])
         for r in await conn.fetch(_ERASE_DELIVERIES, project_id, chunk):
             delivered.setdefault(r["destination_id"], []).append(r["delivered_at"])
     if not delivered:
