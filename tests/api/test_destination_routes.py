@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from ingest.app import create_app
 from ingest.cli import _create_org
 from ingest.config import Settings
+from tests.api.test_forwarding import set_status
 from tests.conftest import bearer, client_for, is_problem
 
 HOOK = "http://127.0.0.1:9/hook"  # never reached: these tests pause or never send
@@ -211,7 +212,7 @@ class TestChange:
     ) -> None:
         created = (await create(client, secret_key, project)).json()
         path = f"{base(project)}/{created['id']}"
-        await client.patch(path, json={"status": "paused"}, headers=bearer(secret_key))
+        await set_status(client, secret_key, project["id"], created["id"], "paused")
         event = {
             "event": "e",
             "user_id": "u1",
@@ -239,11 +240,7 @@ class TestChange:
         conn: asyncpg.Connection,
     ) -> None:
         created = (await create(client, secret_key, project, event_types=["identify"])).json()
-        await client.patch(
-            f"{base(project)}/{created['id']}",
-            json={"status": "paused"},
-            headers=bearer(secret_key),
-        )
+        await set_status(client, secret_key, project["id"], created["id"], "paused")
         batch = [
             {"type": "identify", "user_id": "u1", "traits": {"plan": "pro"}},
             {"type": "track", "event": "e", "user_id": "u1"},
@@ -264,7 +261,7 @@ class TestDeadLetterRoutes:
     ) -> None:
         created = (await create(client, secret_key, project)).json()
         path = f"{base(project)}/{created['id']}"
-        await client.patch(path, json={"status": "paused"}, headers=bearer(secret_key))
+        await set_status(client, secret_key, project["id"], created["id"], "paused")
         batch = [{"event": "e", "user_id": "u1", "message_id": f"m{n}"} for n in range(5)]
         await client.post("/v1/batch", json={"batch": batch}, headers=bearer(write_key))
         await conn.execute(
@@ -344,7 +341,7 @@ async def test_every_change_is_audited(
 ) -> None:
     created = (await create(client, secret_key, project)).json()
     path = f"{base(project)}/{created['id']}"
-    await client.patch(path, json={"status": "paused"}, headers=bearer(secret_key))
+    await set_status(client, secret_key, project["id"], created["id"], "paused")
     await client.post(f"{path}/dead-letters/retry", headers=bearer(secret_key))
     await client.delete(path, headers=bearer(secret_key))
     r = await client.get("/v1/audit-log", headers=bearer(secret_key))

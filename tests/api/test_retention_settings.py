@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from ingest.config import Settings
+from tests.api.test_forwarding import set_status
 from tests.conftest import bearer
 
 
@@ -168,11 +169,7 @@ class TestForwardQueueRetention:
                 json={"type": "webhook", "name": "h", "url": "http://127.0.0.1:9/h"},
                 headers=bearer(secret_key),
             )
-            await client.patch(
-                f"/v1/projects/{pid}/destinations/{r.json()['id']}",
-                json={"status": "paused"},
-                headers=bearer(secret_key),
-            )
+            await set_status(client, secret_key, pid, r.json()["id"], "paused")
             r = await client.post(
                 "/v1/track", json={"event": "e", "user_id": "u"}, headers=bearer(key)
             )
