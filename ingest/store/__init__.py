@@ -19,6 +19,7 @@ from ingest.store._db import (
     init_connection,
 )
 from ingest.store.audit import AuditEntry, AuditMixin, AuditRecord
+from ingest.store.console import ConsoleMixin, ConsoleSession, Rejection
 from ingest.store.forwarding import (
     DeadLetter,
     Destination,
@@ -67,6 +68,7 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "Connection",
+    "ConsoleSession",
     "DeadLetter",
     "Destination",
     "DestinationChanges",
@@ -87,6 +89,7 @@ __all__ = [
     "PurgeResult",
     "QueueStats",
     "Receipt",
+    "Rejection",
     "Store",
     "create_pool",
     "init_connection",
@@ -96,7 +99,13 @@ __all__ = [
 
 
 class Store(
-    TenancyMixin, RetentionMixin, AuditMixin, IdempotencyMixin, SubjectsMixin, ForwardingMixin
+    TenancyMixin,
+    RetentionMixin,
+    AuditMixin,
+    IdempotencyMixin,
+    SubjectsMixin,
+    ForwardingMixin,
+    ConsoleMixin,
 ):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool

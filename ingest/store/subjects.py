@@ -158,6 +158,22 @@ _EVENTS_PAGE: Final = {
     )
 }
 
+# How many events name a person, by the columns their kind of identifier is stored in.
+_COUNT_EVENTS: Final[dict[tuple[str, ...], str]] = {
+    columns: f"""
+    SELECT count(*)
+    FROM events
+    WHERE project_id = $1
+      AND ({" OR ".join(f"{c} = ANY($2::text[])" for c in columns)})
+"""
+    for columns in (
+        ("user_id",),
+        ("anonymous_id",),
+        ("email_sha256", "email_google_sha256"),
+        ("phone_sha256", "phone_e164_sha256"),
+    )
+}
+
 _USER_PROFILE: Final = """
     SELECT traits, created_at, updated_at
     FROM user_profiles
@@ -289,6 +305,15 @@ class SubjectsMixin(StoreBase):
             if len(rows) < page_rows:
                 return
             after = (rows[-1]["received_at"], rows[-1]["message_id"])
+
+    async def count_events(
+        self, project_id: uuid.UUID, columns: tuple[str, ...], values: Sequence[str]
+    ) -> int:
+        """How many of the project's events hold one of ``values`` in one of ``columns`` (the
+        columns of one kind of identifier, as the export reads them)."""
+        async with self.pool.acquire() as conn:
+            found = await conn.fetchval(_COUNT_EVENTS[columns], project_id, list(values))
+        return int(found)
 
     async def profile(self, project_id: uuid.UUID, user_id: str) -> Profile | None:
         """The user's current state; None when the project holds nothing about them."""
