@@ -24,6 +24,7 @@ from ingest import destinations, manage, openapi, posthog, segment, store as sto
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
+from ingest.console import Console
 from ingest.events import EventParser, Limits
 from ingest.forwarder import Forwarder
 from ingest.geo import GeoLookup, GeoResult
@@ -177,6 +178,8 @@ async def maintain_once(svc: Services) -> PurgeResult:
     await svc.store.ensure_partitions()
     result = await svc.store.purge()
     report_purge(result, svc.metrics)
+    sessions, rejections = await svc.store.purge_console()
+    log.info("console_purge_done", sessions_deleted=sessions, rejections_deleted=rejections)
     return result
 
 
@@ -283,6 +286,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             *segment.ROUTES,
             *posthog.ROUTES,
             *openapi.ROUTES,
+            *Console(settings).routes(),
         ],
         middleware=[
             Middleware(RequestContext, metrics=metrics),

@@ -60,7 +60,8 @@ _SAFE_KEYS: Final = frozenset(
 )
 
 
-def _redact_text(text: str) -> str:
+def redact_text(text: str) -> str:
+    """``text`` with anything shaped like an email, phone or IP address masked."""
     if "@" in text or "%40" in text:
         text = _EMAIL_RE.sub("[email]", text)
     if any(c.isdigit() for c in text):
@@ -82,7 +83,7 @@ def _is_ip(text: str) -> bool:
 
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        return _redact_text(value)
+        return redact_text(value)
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -228,7 +229,9 @@ class RequestContext:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None)
+            # A mounted route's template is relative to its mount (the console's /console).
+            template = scope.get("root_path", "") + path if path else "unmatched"
             elapsed = time.perf_counter() - started
             # The method is client-chosen (any token, digits and '+' included): a fixed set only.
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
 import orjson
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,12 +21,12 @@ from ingest import bodies
 from ingest.auth import Authenticator, presented_key
 from ingest.clientip import IPAddress, client_ip
 from ingest.config import Settings
-from ingest.events import EventParser, Issue, Parsed, Source, now
+from ingest.events import EVENT_TYPES, EventParser, Issue, Parsed, Source, now
 from ingest.forwarder import Forwarder
 from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
-from ingest.logs import LOG_STATE
+from ingest.logs import LOG_STATE, redact_text
 from ingest.metrics import Metrics
 from ingest.origins import check_origin
 from ingest.problems import (
@@ -44,6 +45,8 @@ from ingest.store import (
     Store,
 )
 from ingest.writer import Outcome, Writer
+
+log = structlog.get_logger("ingest.routes")
 
 # Routes that browsers' SDKs post to with a write key: CORS applies to exactly these.
 WRITE_PATHS: Final = frozenset({"/v1/events"})
@@ -235,12 +238,45 @@ async def ingest_items(
     check_batch_size(svc, items)
     parsed = parse_events(request, svc, target, items, batch_sent_at)
     if not is_batch and parsed.rejected:
+        await remember_rejected(svc, target, items, parsed.rejected)
         refuse_single(request, svc, parsed.rejected[0])
     tally = await store_events(request, svc, parsed)
+    if tally.rejected:
+        await remember_rejected(svc, target, items, tally.rejected)
     if not is_batch and tally.rejected:  # refused by the database; already counted
         issue = tally.rejected[0]
         raise ValidationFailed(issue.reason, errors=[issue.as_dict()])
     return tally
+
+
+# Refused events kept per request for the console's live view: enough to show a sender what is
+# wrong, while a flood of bad events costs one short INSERT a request.
+_REMEMBER_REJECTED: Final = 20
+
+
+async def remember_rejected(
+    svc: Services, target: Target, items: list[Any], rejected: list[Issue]
+) -> None:
+    """Keep what the live view shows of refused events: the reason as the sender was told it
+    (anything shaped like an email, phone or IP in it masked: a field path can hold a property
+    key) and the event's type. Never a value from the event. Best effort: the answer to the
+    sender does not wait on a failure here."""
+    rows = []
+    for issue in rejected[:_REMEMBER_REJECTED]:
+        item = items[issue.index] if 0 <= issue.index < len(items) else None
+        kind = item.get("type") if isinstance(item, dict) else None
+        rows.append(
+            (
+                kind if isinstance(kind, str) and kind in EVENT_TYPES else None,
+                issue.code,
+                redact_text(issue.field) if issue.field is not None else None,
+                redact_text(issue.reason),
+            )
+        )
+    try:
+        await svc.store.record_rejections(target.project_id, now(), rows)
+    except Exception as exc:  # the events' answer matters more than the log
+        log.warning("rejections_not_recorded", error=type(exc).__name__)
 
 
 async def read_json(request: Request, svc: Services) -> Any:
