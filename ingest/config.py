@@ -129,6 +129,12 @@ class Settings:
     # it expires rows past their age and refreshes the queue gauges.
     forward_poll_s: float = 1.0
     forward_sweep_s: float = 5.0
+    # The console's sign-in sessions: they end after this long without a request, and in any
+    # case this long after sign-in.
+    console_idle_s: float = 1800.0
+    console_max_s: float = 43200.0
+    # Failed console sign-ins a client address may make per minute, in each worker process.
+    console_signin_per_minute: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -184,6 +190,9 @@ class Settings:
         take("FORWARD_MAX_ATTEMPTS", "forward_max_attempts", _positive_int)
         take("FORWARD_POLL_SECONDS", "forward_poll_s", _positive_float)
         take("FORWARD_SWEEP_SECONDS", "forward_sweep_s", _positive_float)
+        take("CONSOLE_IDLE_SECONDS", "console_idle_s", _positive_float)
+        take("CONSOLE_MAX_SECONDS", "console_max_s", _positive_float)
+        take("CONSOLE_SIGNIN_PER_MINUTE", "console_signin_per_minute", _positive_int)
         for name, moved_to in _MOVED.items():
             if env.get(f"INGEST_{name}"):
                 errors.append(f"INGEST_{name}: {moved_to}")

@@ -124,10 +124,20 @@ class Call:
         return doc
 
 
+# Scope key under which the console passes the signed-in session's key to a partner route it
+# calls in-process (console/partner_calls.py). Only server code sets scope keys: a client
+# cannot send one.
+CONSOLE_KEY: Final = "ingest.console_key"
+
+
 def partner_route(handler: PartnerHandler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         svc = services(request)
-        key = await svc.auth.secret_key(request)
+        console_key = request.scope.get(CONSOLE_KEY)
+        if isinstance(console_key, KeyRecord):
+            key = console_key
+        else:
+            key = await svc.auth.secret_key(request)
         log_fields(request, org_id=str(key.org_id), key_id=str(key.key_id))
         check_rate(svc, key)
         rid = request.scope.get("ingest.request_id")

@@ -30,7 +30,7 @@ NDJSON: Final = "application/x-ndjson"
 # Rows per export query: at most 500 x 32 KiB (the event size limit) in memory at once.
 EXPORT_PAGE_ROWS: Final = 500
 # Identifier columns each kind is looked up in, in export order.
-_COLUMNS: Final = {
+COLUMNS: Final = {
     Kind.USER_ID: ("user_id",),
     Kind.ANONYMOUS_ID: ("anonymous_id",),
     Kind.EMAIL: ("email_sha256", "email_google_sha256"),
@@ -70,7 +70,7 @@ def _path_user(request: Request) -> Subject:
 _BODY_FIELDS: Final = ("user_id", "anonymous_id", "email", "phone", "email_sha256", "phone_sha256")
 
 
-def _body_subject(doc: dict[str, Any], project: Project) -> Subject:
+def subject_from_body(doc: dict[str, Any], project: Project) -> Subject:
     given = [name for name in _BODY_FIELDS if name in doc]
     if len(given) != 1:
         raise ValidationFailed(
@@ -134,7 +134,7 @@ async def _subject_digest(call: Call, project: Project, subject: Subject) -> byt
 # -- access --------------------------------------------------------------------------------
 
 
-async def _export(call: Call, project: Project, subject: Subject) -> Response:
+async def export_events(call: Call, project: Project, subject: Subject) -> Response:
     digest = await _subject_digest(call, project, subject)
     store = call.svc.store
     # Recorded before the first byte: an export that the client abandons was still made.
@@ -152,7 +152,7 @@ async def _export(call: Call, project: Project, subject: Subject) -> Response:
     call.svc.metrics.subject_requests.labels(kind="export").inc()
 
     async def lines() -> AsyncIterator[bytes]:
-        for column in _COLUMNS[subject.kind]:
+        for column in COLUMNS[subject.kind]:
             async for page in store.events_pages(
                 project.project_id, column, subject.values, page_rows=EXPORT_PAGE_ROWS
             ):
@@ -165,14 +165,14 @@ async def _export(call: Call, project: Project, subject: Subject) -> Response:
 async def export_user_events(request: Request, call: Call) -> Response:
     """Every event of one user, as NDJSON, oldest first, streamed in constant memory."""
     project = await call.own_project(request.path_params["project_id"])
-    return await _export(call, project, _path_user(request))
+    return await export_events(call, project, _path_user(request))
 
 
 @partner_route
 async def export_subject_events(request: Request, call: Call) -> Response:
     """Every event carrying an anonymous id, an email or a phone (raw or digest), as NDJSON."""
     project = await call.own_project(request.path_params["project_id"])
-    return await _export(call, project, _body_subject(await call.doc(), project))
+    return await export_events(call, project, subject_from_body(await call.doc(), project))
 
 
 @partner_route
@@ -189,7 +189,7 @@ async def get_user(request: Request, call: Call) -> Response:
 # -- erasure -------------------------------------------------------------------------------
 
 
-async def _erase(call: Call, project: Project, subject: Subject) -> Response:
+async def erase_events(call: Call, project: Project, subject: Subject) -> Response:
     store = call.svc.store
     digest = await _subject_digest(call, project, subject)
     erasure_id = uuid.uuid4()
@@ -230,14 +230,14 @@ async def _erase(call: Call, project: Project, subject: Subject) -> Response:
 async def erase_user(request: Request, call: Call) -> Response:
     """Erase a user (and the identifiers their events link to) and keep them suppressed."""
     project = await call.own_project(request.path_params["project_id"])
-    return await _erase(call, project, _path_user(request))
+    return await erase_events(call, project, _path_user(request))
 
 
 @partner_route
 async def erase_subject(request: Request, call: Call) -> Response:
     """Erase the person an anonymous id, email or phone (raw or digest) names."""
     project = await call.own_project(request.path_params["project_id"])
-    return await _erase(call, project, _body_subject(await call.doc(), project))
+    return await erase_events(call, project, subject_from_body(await call.doc(), project))
 
 
 @partner_route
