@@ -1,0 +1,133 @@
+"""Sealing digests and wrapping project keys (ingest/keyring.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ingest import keyring
+from ingest.keyring import Keyring, MasterKeyError, ProjectKeys, Sealer
+
+DIGEST = hashlib.sha256(b"jane@example.com").hexdigest()
+
+
+def _sealer() -> Sealer:
+    return Sealer(ProjectKeys.generate())
+
+
+def test_a_sealed_digest_opens_to_itself_and_seals_the_same_every_time() -> None:
+    sealer = _sealer()
+    sealed = sealer.seal(DIGEST)
+    assert sealed.startswith("enc:")
+    assert len(sealed) == 68
+    assert DIGEST not in sealed
+    assert sealer.seal(DIGEST) == sealed  # deterministic: lookups compare sealed values
+    assert sealer.open(sealed) == DIGEST
+    assert sealer.seal(hashlib.sha256(b"other").hexdigest()) != sealed
+
+
+def test_another_projects_key_or_a_changed_value_opens_to_nothing() -> None:
+    sealed = _sealer().seal(DIGEST)
+    assert _sealer().open(sealed) is None
+    flipped = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
+    assert _sealer().open(flipped) is None
+    for junk in ("enc:", "enc:" + "!" * 64, "plain", DIGEST):
+        assert _sealer().open(junk) is None
+
+
+def test_json_seals_every_stand_alone_hex_digest_and_opens_back_exactly() -> None:
+    sealer = _sealer()
+    doc = {
+        "email": DIGEST,
+        DIGEST: "a key that was an email",
+        "note": f"call {DIGEST} now",
+        "nested": [{"phone": DIGEST}],
+        "UPPER": DIGEST.upper(),  # not one of ours: left alone
+        "longer": DIGEST + "0",  # 65 hex characters: not a digest
+        "n": 5,
+    }
+    sealed = sealer.seal_json(orjson.dumps(doc))
+    for plain_form in (b'"' + DIGEST.encode() + b'"', b" " + DIGEST.encode() + b" "):
+        assert plain_form not in sealed
+    back = sealer.open_tree(orjson.loads(sealed))
+    assert back == doc
+    plain = orjson.dumps({"a": "b"})
+    assert sealer.seal_json(plain) is plain
+
+
+def test_open_optional_keeps_plain_values_and_drops_what_no_longer_opens() -> None:
+    sealer = _sealer()
+    assert sealer.open_optional(None) is None
+    assert sealer.open_optional(DIGEST) == DIGEST  # written before the project was protected
+    assert sealer.open_optional(_sealer().seal(DIGEST)) is None  # shredded
+    assert sealer.lookup_forms([DIGEST]) == [DIGEST, sealer.seal(DIGEST)]
+
+
+def test_project_keys_are_wrapped_for_their_project_under_the_master_key() -> None:
+    ring = Keyring(bytes(range(32)))
+    project = uuid.uuid4()
+    keys = ProjectKeys.generate()
+    wrapped = ring.wrap(project, keys)
+    assert keys.data not in wrapped
+    assert keys.pseudonym not in wrapped
+    assert ring.unwrap(project, wrapped) == keys
+    with pytest.raises(Exception):  # noqa: B017, PT011  # cryptography's InvalidTag
+        ring.unwrap(uuid.uuid4(), wrapped)  # bound to its project
+    with pytest.raises(Exception):  # noqa: B017, PT011
+        Keyring(bytes(32)).unwrap(project, wrapped)  # another master key
+
+
+def test_master_keys_are_read_as_hex_or_base64_and_refused_otherwise() -> None:
+    raw = bytes(range(32))
+    assert keyring.parse_master_key(raw.hex()) == raw
+    assert keyring.parse_master_key(" " + raw.hex().upper() + "\n") == raw
+    import base64
+
+    assert keyring.parse_master_key(base64.b64encode(raw).decode()) == raw
+    assert keyring.parse_master_key(base64.urlsafe_b64encode(raw).decode()) == raw
+    for bad in ("", "short", "zz" * 32, raw.hex()[:-2]):
+        with pytest.raises(MasterKeyError):
+            keyring.parse_master_key(bad)
+    with pytest.raises(MasterKeyError, match="INGEST_MASTER_KEY"):
+        keyring.load(None, None)
+
+
+def test_a_key_file_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "master.key"
+    assert keyring.create_key_file(path)
+    first = path.read_text()
+    assert not keyring.create_key_file(path)  # never replaced: it opens every project's keys
+    assert path.read_text() == first
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert len(keyring.read_key_file(path)) == 32
+
+
+def test_the_seal_is_aes_256_ctr_under_an_hmac_synthetic_iv() -> None:
+    """The construction as the module documents it, rebuilt from the library's own CTR mode:
+    tag = HMAC-SHA256(mac key, digest)[:16], body = AES-256-CTR(enc key, iv=tag)(digest)."""
+    import base64
+    import hmac
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    keys = ProjectKeys.generate()
+    mac = hmac.new(keys.data, b"ingest seal mac", hashlib.sha256).digest()
+    enc = hmac.new(keys.data, b"ingest seal enc", hashlib.sha256).digest()
+    for digest in (DIGEST, "f" * 64, "0" * 64):
+        raw = bytes.fromhex(digest)
+        tag = hmac.digest(mac, raw, "sha256")[:16]
+        ctr = Cipher(algorithms.AES(enc), modes.CTR(tag)).encryptor()
+        body = ctr.update(raw) + ctr.finalize()
+        expected = "enc:" + base64.urlsafe_b64encode(tag + body).decode().rstrip("=")
+        assert Sealer(keys).seal(digest) == expected
+    # The counter wraps at 2**128 as CTR's does.
+    sealer = Sealer(keys)
+    ctr = Cipher(algorithms.AES(enc), modes.CTR(b"\xff" * 16)).encryptor()
+    stream = ctr.update(bytes(32)) + ctr.finalize()
+    assert sealer._keystream(b"\xff" * 16) == int.from_bytes(stream, "big")
