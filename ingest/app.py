@@ -20,7 +20,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest import destinations, manage, openapi, posthog, segment, store as store_mod, subjects
+from ingest import (
+    destinations,
+    keyring,
+    manage,
+    openapi,
+    posthog,
+    segment,
+    store as store_mod,
+    subjects,
+)
 from ingest.auth import Authenticator
 from ingest.clientip import IPAddress
 from ingest.config import Settings
@@ -203,6 +212,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        ring = keyring.from_settings(settings)
         geo = GeoLookup.open(settings.geoip_path)
         metrics.geoip_build.set(
             datetime(
@@ -215,10 +225,12 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             max_size=settings.pool_max_size,
             connect_timeout=settings.commit_timeout_s,
         )
-        store = Store(pool)
+        store = Store(pool, ring)
         try:
             await check_durability(store, metrics)
             await store.ensure_partitions()
+            if wrapped := await store.wrap_project_keys():
+                log.info("project_keys_wrapped", projects=wrapped)
         except BaseException:
             await pool.close()
             geo.close()

@@ -129,6 +129,13 @@ class Settings:
     # it expires rows past their age and refreshes the queue gauges.
     forward_poll_s: float = 1.0
     forward_sweep_s: float = 5.0
+    # The key that wraps every project's key material (keyring.py): 32 bytes as hex or base64,
+    # given directly or in a file. Never stored in the database. With neither set, the embedded
+    # Postgres's default is a file beside its data (data_dir / "master.key"), made on first start.
+    master_key: Secret | None = None
+    master_key_file: Path | None = None
+    # During a master key rotation: the key(s) being replaced, comma-separated (README).
+    master_key_previous: Secret | None = None
     # The console's sign-in sessions: they end after this long without a request, and in any
     # case this long after sign-in.
     console_idle_s: float = 1800.0
@@ -154,6 +161,9 @@ class Settings:
 
         take("DATABASE_URL", "database_url", Secret)
         take("DATA_DIR", "data_dir", Path)
+        take("MASTER_KEY", "master_key", Secret)
+        take("MASTER_KEY_FILE", "master_key_file", Path)
+        take("MASTER_KEY_PREVIOUS", "master_key_previous", Secret)
         take("GEOIP_DB", "geoip_path", Path)
         take("HOST", "host", str)
         take("PORT", "port", _port)

@@ -297,7 +297,9 @@ class Forwarder:
         """Send one batch of ``destination``'s due rows; how many rows it took."""
         label = str(destination.destination_id)
         async with self._store.pool.acquire() as conn, conn.transaction():
-            rows = await Store.claim_outbox(conn, destination, self._settings.forward_batch_events)
+            rows = await self._store.claim_outbox(
+                conn, destination, self._settings.forward_batch_events
+            )
             if not rows:
                 return 0
             started = time.perf_counter()

@@ -41,6 +41,8 @@ RETENTION_FIELDS: Final = {
 }
 # What a project does with an email- or phone-shaped user_id or anonymous_id (sql/0005).
 IDENTIFIER_PII: Final = ("reject", "hash")
+# How a project stores email and phone digests (sql/0008, keyring.py).
+DIGEST_STORAGE: Final = ("protected", "plain")
 
 
 def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
@@ -78,6 +80,9 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
     identifier_pii = doc.get("identifier_pii")
     if "identifier_pii" in doc and identifier_pii not in IDENTIFIER_PII:
         errors.append({"field": "identifier_pii", "reason": '"reject" or "hash"'})
+    digest_storage = doc.get("digest_storage")
+    if "digest_storage" in doc and digest_storage not in DIGEST_STORAGE:
+        errors.append({"field": "digest_storage", "reason": '"protected" or "plain"'})
     if errors:
         raise ValidationFailed("the project is invalid", errors=errors)
     return ProjectChanges(
@@ -92,6 +97,7 @@ def _project_fields(doc: dict[str, Any], *, partial: bool) -> ProjectChanges:
         forward_queue_days=retention["forward_queue_days"],
         dead_letter_days=retention["dead_letter_days"],
         identifier_pii=identifier_pii if isinstance(identifier_pii, str) else None,
+        digest_storage=digest_storage if isinstance(digest_storage, str) else None,
     )
 
 
@@ -121,6 +127,7 @@ async def post_projects(request: Request, call: Call) -> Response:
             identifier_pii=fields.identifier_pii or "reject",
             forward_queue_days=fields.forward_queue_days or DEFAULT_FORWARD_QUEUE_DAYS,
             dead_letter_days=fields.dead_letter_days or DEFAULT_DEAD_LETTER_DAYS,
+            digest_storage=fields.digest_storage or "protected",
             conn=conn,
         )
         body = {**project.as_dict(), "write_key": write_key.as_dict()}
@@ -178,6 +185,30 @@ async def delete_project(request: Request, call: Call) -> Response:
     )
     async with store.pool.acquire() as conn:
         return await call.finish(conn, response)
+
+
+@partner_route
+async def crypto_shred(request: Request, call: Call) -> Response:
+    """Replace the project's data key: every email and phone digest it stored sealed so far
+    can no longer be read by anyone, at once (crypto-shredding). Events stay, without them;
+    suppressions stay in force."""
+    project = await call.own_project(request.path_params["project_id"])
+    store = call.svc.store
+    pid = project.project_id
+    async with store.pool.acquire() as conn, conn.transaction():
+        shredded_at = await store.shred_keys(conn, call.org_id, pid)
+        if shredded_at is None:
+            raise NotFound("no such project")
+        response = await call.finish(
+            conn,
+            JSONResponse({"id": str(pid), "shredded_at": shredded_at.isoformat()}),
+            call.entry("project.crypto_shred", "project", str(pid), pid),
+        )
+    # A writer that read the old key inside its transaction holds the project's subject lock
+    # shared until it commits: once this exclusive instant is had, none is left, and every
+    # later row is sealed under the new key.
+    await store.subject_barrier(pid)
+    return response
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -382,6 +413,7 @@ ROUTES: Final = [
     Route("/v1/projects/{project_id}", get_project, methods=["GET"]),
     Route("/v1/projects/{project_id}", patch_project, methods=["PATCH"]),
     Route("/v1/projects/{project_id}", delete_project, methods=["DELETE"]),
+    Route("/v1/projects/{project_id}/crypto-shred", crypto_shred, methods=["POST"]),
     Route("/v1/projects/{project_id}/keys", list_keys, methods=["GET"]),
     Route("/v1/projects/{project_id}/keys", post_keys, methods=["POST"]),
     Route("/v1/projects/{project_id}/keys/{key_id}", delete_key, methods=["DELETE"]),

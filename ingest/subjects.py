@@ -151,10 +151,17 @@ async def export_events(call: Call, project: Project, subject: Subject) -> Respo
         )
     call.svc.metrics.subject_requests.labels(kind="export").inc()
 
+    crypto = await store.project_crypto(project.project_id)
+    sealer = crypto.sealer if crypto is not None else None
+
     async def lines() -> AsyncIterator[bytes]:
         for column in COLUMNS[subject.kind]:
             async for page in store.events_pages(
-                project.project_id, column, subject.values, page_rows=EXPORT_PAGE_ROWS
+                project.project_id,
+                column,
+                subject.values,
+                page_rows=EXPORT_PAGE_ROWS,
+                sealer=sealer,
             ):
                 yield b"".join(orjson.dumps(row) + b"\n" for row in page)
 
@@ -180,7 +187,10 @@ async def get_user(request: Request, call: Call) -> Response:
     """A user's current state: identify traits merged in arrival order, first and last seen."""
     project = await call.own_project(request.path_params["project_id"])
     subject = _path_user(request)
-    profile = await call.svc.store.profile(project.project_id, subject.values[0])
+    crypto = await call.svc.store.project_crypto(project.project_id)
+    profile = await call.svc.store.profile(
+        project.project_id, subject.values[0], crypto.sealer if crypto is not None else None
+    )
     if profile is None:
         raise NotFound("no such user")
     return JSONResponse(profile.as_dict())

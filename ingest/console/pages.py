@@ -43,7 +43,7 @@ from ingest.partner import Call
 from ingest.problems import InvalidBody, Problem
 from ingest.pseudonyms import Kind
 from ingest.routes import check_rate, services
-from ingest.store import Project
+from ingest.store import Project, open_event
 
 _HERE: Final = Path(__file__).parent
 # No inline script or style, nothing from elsewhere, no framing.
@@ -336,6 +336,8 @@ class Console:
             "default_country": form.get("default_country", "").strip().upper() or None,
             "identifier_pii": form.get("identifier_pii", "reject"),
         }
+        if storage := form.get("digest_storage"):
+            body["digest_storage"] = storage
         origins = [o.strip() for o in form.get("allowed_origins", "").splitlines() if o.strip()]
         body["allowed_origins"] = origins or None
         for name in _SETTINGS_NUMBERS:
@@ -464,7 +466,12 @@ class Console:
                 asked = since
             since = max(since, asked)
         store = services(request).store
-        events = await store.recent_events(project.project_id, since, LIVE_LIMIT)
+        crypto = await store.project_crypto(project.project_id)
+        sealer = crypto.sealer if crypto is not None else None
+        events = [
+            open_event(sealer, e)
+            for e in await store.recent_events(project.project_id, since, LIVE_LIMIT)
+        ]
         refused = await store.recent_rejections(project.project_id, since, LIVE_LIMIT)
         body = {
             "now": now.isoformat(),
@@ -544,12 +551,14 @@ class Console:
                 chosen=form.get("field"),
             )
         store = services(request).store
+        crypto = await store.project_crypto(project.project_id)
+        sealer = crypto.sealer if crypto is not None else None
         count = await store.count_events(
-            project.project_id, subjects.COLUMNS[subject.kind], subject.values
+            project.project_id, subjects.COLUMNS[subject.kind], subject.values, sealer
         )
         profile = None
         if subject.kind is Kind.USER_ID:
-            found = await store.profile(project.project_id, subject.values[0])
+            found = await store.profile(project.project_id, subject.values[0], sealer)
             profile = found.as_dict() if found is not None else None
         return self.render(
             request,

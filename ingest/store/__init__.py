@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncpg
 
+from ingest.keyring import Keyring
 from ingest.store._db import (
     DURABILITY_SETTINGS,
     TRANSIENT_ERRORS,
     Connection,
     create_pool,
     init_connection,
+    open_event,
 )
 from ingest.store.audit import AuditEntry, AuditMixin, AuditRecord
 from ingest.store.console import ConsoleMixin, ConsoleSession, Rejection
@@ -30,6 +32,7 @@ from ingest.store.forwarding import (
     QueueStats,
 )
 from ingest.store.idempotency import IdempotencyKey, IdempotencyMixin, IdempotencyState
+from ingest.store.reencode import ReencodeMixin, ReencodeResult
 from ingest.store.retention import (
     PURGE_BATCH_ROWS,
     PURGE_LOCK,
@@ -38,6 +41,7 @@ from ingest.store.retention import (
     partition_day,
     partition_name,
 )
+from ingest.store.sealing import ProjectCrypto, SealingMixin
 from ingest.store.subjects import Identifiers, Profile, Receipt, SubjectsMixin
 from ingest.store.tenancy import (
     DEFAULT_DEAD_LETTER_DAYS,
@@ -86,13 +90,16 @@ __all__ = [
     "Profile",
     "Project",
     "ProjectChanges",
+    "ProjectCrypto",
     "PurgeResult",
     "QueueStats",
     "Receipt",
+    "ReencodeResult",
     "Rejection",
     "Store",
     "create_pool",
     "init_connection",
+    "open_event",
     "partition_day",
     "partition_name",
 ]
@@ -106,7 +113,10 @@ class Store(
     SubjectsMixin,
     ForwardingMixin,
     ConsoleMixin,
+    ReencodeMixin,
+    SealingMixin,
 ):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None = None) -> None:
         self.pool = pool
-        self.writes = EventWrites()
+        self.keyring = keyring
+        self.writes = EventWrites(keyring)

@@ -8,6 +8,8 @@ from typing import Any, Final
 import asyncpg
 import orjson
 
+from ingest.keyring import Keyring, MasterKeyError, Sealer
+
 # A pooled connection or a plain one: every method here works on both.
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
@@ -54,6 +56,25 @@ EVENT_FIELDS: Final = (
     "context",
 )
 EVENT_SELECT: Final = ", ".join(f'"{c}"' for c in EVENT_FIELDS)
+# The columns a protected project stores sealed (keyring.py), and the JSON ones whose hex
+# digests it seals.
+DIGEST_FIELDS: Final = ("email_sha256", "email_google_sha256", "phone_sha256", "phone_e164_sha256")
+JSON_FIELDS: Final = ("properties", "traits", "context")
+
+
+def open_event(sealer: Sealer | None, doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored event (as decoded from its row) with its sealed digests opened: what exports,
+    forwards and the console show. ``sealer`` None: stored plain, as it is."""
+    if sealer is None:
+        return doc
+    for name in DIGEST_FIELDS:
+        if name in doc:
+            doc[name] = sealer.open_optional(doc[name])
+    for name in JSON_FIELDS:
+        if doc.get(name) is not None:
+            doc[name] = sealer.open_tree(doc[name])
+    return doc
+
 
 # Parameters that would break "a 200 means committed" (RELIABILITY B8).
 DURABILITY_SETTINGS: Final = ("fsync", "synchronous_commit", "full_page_writes")
@@ -109,9 +130,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class StoreBase:
-    """The pool every mixin of Store runs its statements on."""
+    """The pool every mixin of Store runs its statements on, and the keyring that unwraps the
+    projects' keys (None in a store that never touches a project's identifiers: the CLI's
+    purge and create-org)."""
 
     pool: asyncpg.Pool
+    keyring: Keyring | None = None
+
+    def require_keyring(self) -> Keyring:
+        if self.keyring is None:
+            raise MasterKeyError("this needs the master key (INGEST_MASTER_KEY)")
+        return self.keyring
 
     async def ping(self) -> None:
         async with self.pool.acquire() as conn:

@@ -17,7 +17,8 @@ from typing import Any, Final
 
 import asyncpg
 
-from ingest.store._db import EVENT_FIELDS, EVENT_SELECT, Connection, StoreBase, _iso
+from ingest.store._db import EVENT_FIELDS, EVENT_SELECT, Connection, StoreBase, _iso, open_event
+from ingest.store.sealing import projects_crypto
 
 _DESTINATION_COLUMNS: Final = """
     project_id, id, type, name, url, status, event_types, settings, retry_at, created_at,
@@ -540,15 +541,21 @@ class ForwardingMixin(StoreBase):
             rows = await conn.fetch(_DUE_DESTINATIONS, limit)
         return [_destination(r, with_secret=True) for r in rows]
 
-    @staticmethod
     async def claim_outbox(
-        conn: Connection, destination: Destination, limit: int
+        self, conn: Connection, destination: Destination, limit: int
     ) -> list[OutboxRow]:
         """Lock up to ``limit`` due rows of ``destination`` until the caller's transaction
-        ends; rows another process holds are skipped."""
+        ends; rows another process holds are skipped. Sealed digests come opened: the
+        destination gets the plain SHA-256 it matches on."""
         rows = await conn.fetch(
             _CLAIM_OUTBOX, destination.project_id, destination.destination_id, limit
         )
+        if not rows:
+            return []
+        crypto = (await projects_crypto(conn, self.keyring, [destination.project_id])).get(
+            destination.project_id
+        )
+        sealer = crypto.sealer if crypto is not None else None
         return [
             OutboxRow(
                 r["id"],
@@ -556,7 +563,7 @@ class ForwardingMixin(StoreBase):
                 r["received_at"],
                 r["attempts"],
                 r["created_at"],
-                {c: r[c] for c in EVENT_FIELDS},
+                open_event(sealer, {c: r[c] for c in EVENT_FIELDS}),
                 dict(r["devices"]) if r["devices"] is not None else None,
             )
             for r in rows

@@ -11,11 +11,12 @@ from typing import Any, Final
 import asyncpg
 
 from ingest import pseudonyms
+from ingest.keyring import Sealer
 from ingest.pseudonyms import Kind
-from ingest.store._db import EVENT_SELECT, Connection, StoreBase, _iso, _one
+from ingest.store._db import DIGEST_FIELDS, EVENT_SELECT, Connection, _iso, _one, open_event
 from ingest.store.forwarding import erase_forwarding
 from ingest.store.retention import PURGE_BATCH_ROWS
-from ingest.store.tenancy import _PROJECT_KEY
+from ingest.store.sealing import SealingMixin
 from ingest.store.writes import _SUBJECT_BARRIER, SUBJECT_LOCK
 
 
@@ -51,13 +52,15 @@ class Identifiers:
     emails: set[str] = field(default_factory=set)
     phones: set[str] = field(default_factory=set)
 
-    def args(self) -> tuple[list[str], list[str], list[str], list[str]]:
-        return (
-            sorted(self.user_ids),
-            sorted(self.anonymous_ids),
-            sorted(self.emails),
-            sorted(self.phones),
-        )
+    def args(
+        self, sealer: Sealer | None = None
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
+        """The statement arguments that find these identifiers: emails and phones in every
+        form a row may hold them (plain, and sealed when the project has a sealer)."""
+        emails, phones = sorted(self.emails), sorted(self.phones)
+        if sealer is not None:
+            emails, phones = sealer.lookup_forms(emails), sealer.lookup_forms(phones)
+        return sorted(self.user_ids), sorted(self.anonymous_ids), emails, phones
 
     def digests(self, key: bytes) -> list[tuple[bytes, Kind]]:
         return [
@@ -287,36 +290,61 @@ _LIST_ERASURES: Final = f"""
 """
 
 
-class SubjectsMixin(StoreBase):
+class SubjectsMixin(SealingMixin):
     async def events_pages(
-        self, project_id: uuid.UUID, column: str, values: Sequence[str], *, page_rows: int = 1000
+        self,
+        project_id: uuid.UUID,
+        column: str,
+        values: Sequence[str],
+        *,
+        page_rows: int = 1000,
+        sealer: Sealer | None = None,
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """The events whose ``column`` is one of ``values``, oldest first, a page at a time.
-        Each page is its own short query (no transaction spans the export), so an export never
-        pins vacuum or blocks a partition drop."""
+        """The events whose ``column`` is one of ``values``, oldest first, a page at a time,
+        with sealed digests opened (``sealer``: the project's). Each page is its own short
+        query (no transaction spans the export), so an export never pins vacuum or blocks a
+        partition drop."""
         query = _EVENTS_PAGE[column]
+        wanted = list(values)
+        if sealer is not None and column in DIGEST_FIELDS:
+            wanted = sealer.lookup_forms(wanted)
         after: tuple[datetime, str] = (datetime(1, 1, 1, tzinfo=UTC), "")
         while True:
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(query, project_id, list(values), *after, page_rows)
+                rows = await conn.fetch(query, project_id, wanted, *after, page_rows)
             if not rows:
                 return
-            yield [dict(row) for row in rows]
+            yield [open_event(sealer, dict(row)) for row in rows]
             if len(rows) < page_rows:
                 return
             after = (rows[-1]["received_at"], rows[-1]["message_id"])
 
+    async def subject_barrier(self, project_id: uuid.UUID) -> None:
+        """Wait until every writer transaction that holds the project's subject lock ends."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
+
     async def count_events(
-        self, project_id: uuid.UUID, columns: tuple[str, ...], values: Sequence[str]
+        self,
+        project_id: uuid.UUID,
+        columns: tuple[str, ...],
+        values: Sequence[str],
+        sealer: Sealer | None = None,
     ) -> int:
         """How many of the project's events hold one of ``values`` in one of ``columns`` (the
         columns of one kind of identifier, as the export reads them)."""
+        wanted = list(values)
+        if sealer is not None and columns[0] in DIGEST_FIELDS:
+            wanted = sealer.lookup_forms(wanted)
         async with self.pool.acquire() as conn:
-            found = await conn.fetchval(_COUNT_EVENTS[columns], project_id, list(values))
+            found = await conn.fetchval(_COUNT_EVENTS[columns], project_id, wanted)
         return int(found)
 
-    async def profile(self, project_id: uuid.UUID, user_id: str) -> Profile | None:
-        """The user's current state; None when the project holds nothing about them."""
+    async def profile(
+        self, project_id: uuid.UUID, user_id: str, sealer: Sealer | None = None
+    ) -> Profile | None:
+        """The user's current state (digests in traits opened with ``sealer``); None when the
+        project holds nothing about them."""
         async with self.pool.acquire() as conn:
             state = await conn.fetchrow(_USER_PROFILE, project_id, user_id)
             span = _one(await conn.fetchrow(_USER_SPAN, project_id, user_id))
@@ -324,7 +352,9 @@ class SubjectsMixin(StoreBase):
             return None
         return Profile(
             user_id,
-            dict(state["traits"]) if state else {},
+            (sealer.open_tree(dict(state["traits"])) if sealer else dict(state["traits"]))
+            if state
+            else {},
             span["events"],
             span["first_seen"],
             span["last_seen"],
@@ -332,9 +362,17 @@ class SubjectsMixin(StoreBase):
         )
 
     @staticmethod
-    async def _linked(conn: Connection, project_id: uuid.UUID, subject: Identifiers) -> Identifiers:
+    async def _linked(
+        conn: Connection, project_id: uuid.UUID, subject: Identifiers, sealer: Sealer | None
+    ) -> Identifiers:
+        """What the subject's events link them to, emails and phones as plain hex (a sealed one
+        that no longer opens, after a crypto-shred, names nobody any more and is left out)."""
+
+        def plain(value: str | None) -> str | None:
+            return sealer.open_optional(value) if sealer is not None else value
+
         found = Identifiers()
-        for row in await conn.fetch(_LINKED_IDENTIFIERS, project_id, *subject.args()):
+        for row in await conn.fetch(_LINKED_IDENTIFIERS, project_id, *subject.args(sealer)):
             if row["user_id"] is not None:
                 found.user_ids.add(row["user_id"])
             if row["anonymous_id"] is not None:
@@ -344,11 +382,11 @@ class SubjectsMixin(StoreBase):
                 found.user_ids.add(row["previous_id"])
                 found.anonymous_ids.add(row["previous_id"])
             for column in ("email_sha256", "email_google_sha256"):
-                if row[column] is not None:
-                    found.emails.add(row[column])
+                if (email := plain(row[column])) is not None:
+                    found.emails.add(email)
             for column in ("phone_sha256", "phone_e164_sha256"):
-                if row[column] is not None:
-                    found.phones.add(row[column])
+                if (phone := plain(row[column])) is not None:
+                    found.phones.add(phone)
         return found
 
     async def erase_subject(
@@ -374,10 +412,11 @@ class SubjectsMixin(StoreBase):
         have seen them has committed; (3) delete. Writers check the suppressions inside their
         own transaction, so nothing for the person is stored afterwards.
         """
+        crypto = await self.project_crypto(project_id, org_id)
+        if crypto is None:
+            return None
+        key, sealer = crypto.pseudonym, crypto.sealer
         async with self.pool.acquire() as conn:
-            key = await conn.fetchval(_PROJECT_KEY, project_id, org_id)
-            if key is None:
-                return None
             await conn.execute(
                 _INSERT_ERASURE,
                 project_id,
@@ -395,7 +434,7 @@ class SubjectsMixin(StoreBase):
             everyone = Identifiers()
             everyone.merge(subject)
             for _ in range(3):
-                everyone.merge(await self._linked(conn, project_id, subject))
+                everyone.merge(await self._linked(conn, project_id, subject, sealer))
                 digests = everyone.digests(key)
                 await conn.execute(
                     _INSERT_SUPPRESSIONS,
@@ -406,12 +445,12 @@ class SubjectsMixin(StoreBase):
                 )
                 async with conn.transaction():
                     await conn.execute(_SUBJECT_BARRIER, project_id, SUBJECT_LOCK)
-                if not everyone.merge(await self._linked(conn, project_id, subject)):
+                if not everyone.merge(await self._linked(conn, project_id, subject, sealer)):
                     break
             message_ids: list[str] = []
             while True:
                 deleted = await conn.fetch(
-                    _DELETE_SUBJECT_EVENTS, project_id, *everyone.args(), batch_rows
+                    _DELETE_SUBJECT_EVENTS, project_id, *everyone.args(sealer), batch_rows
                 )
                 message_ids.extend(r["message_id"] for r in deleted)
                 if len(deleted) < batch_rows:

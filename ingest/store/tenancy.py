@@ -11,6 +11,7 @@ from typing import Any, Final
 import asyncpg
 
 from ingest import keys
+from ingest.keyring import ProjectKeys
 from ingest.store._db import Connection, StoreBase, _iso, _one
 
 # The column defaults of sql/0003_project_retention.sql: 13 months of events, 7 days of dedup.
@@ -67,6 +68,8 @@ class Project:
     identifier_pii: str = "reject"
     forward_queue_days: int = DEFAULT_FORWARD_QUEUE_DAYS
     dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS
+    digest_storage: str = "protected"
+    shredded_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,8 @@ class Project:
             "forward_queue_days": self.forward_queue_days,
             "dead_letter_days": self.dead_letter_days,
             "identifier_pii": self.identifier_pii,
+            "digest_storage": self.digest_storage,
+            "shredded_at": _iso(self.shredded_at),
             "created_at": self.created_at.isoformat(),
         }
 
@@ -102,6 +107,8 @@ class ProjectChanges:
     dead_letter_days: int | None = None
     # None leaves it as it is (on create: "reject").
     identifier_pii: str | None = None
+    # None leaves it as it is (on create: "protected").
+    digest_storage: str | None = None
 
     def given(self) -> list[str]:
         """The names of the fields this change sets (what the audit log records)."""
@@ -114,6 +121,7 @@ class ProjectChanges:
             "forward_queue_days": self.forward_queue_days is not None,
             "dead_letter_days": self.dead_letter_days is not None,
             "identifier_pii": self.identifier_pii is not None,
+            "digest_storage": self.digest_storage is not None,
         }
         return [name for name, is_set in named.items() if is_set]
 
@@ -189,6 +197,8 @@ def _project(row: asyncpg.Record) -> Project:
         row["identifier_pii"],
         row["forward_queue_days"],
         row["dead_letter_days"],
+        row["digest_storage"],
+        row["shredded_at"],
     )
 
 
@@ -206,9 +216,10 @@ _INSERT_KEY: Final = """
 _INSERT_PROJECT: Final = """
     INSERT INTO projects (
         id, org_id, name, default_country, allowed_origins, events_retention_days,
-        dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
+        dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days, digest_storage,
+        sealed_keys, pseudonym_key
     )
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL)
     RETURNING created_at
 """
 
@@ -224,7 +235,8 @@ _FIND_KEY: Final = """
 
 _GET_PROJECT: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
+           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days, digest_storage,
+           shredded_at
     FROM projects
     WHERE id = $1
       AND org_id = $2
@@ -242,18 +254,20 @@ _UPDATE_PROJECT: Final = """
         dedup_window_days = coalesce($10::integer, dedup_window_days),
         identifier_pii = coalesce($11::text, identifier_pii),
         forward_queue_days = coalesce($12::integer, forward_queue_days),
-        dead_letter_days = coalesce($13::integer, dead_letter_days)
+        dead_letter_days = coalesce($13::integer, dead_letter_days),
+        digest_storage = coalesce($14::text, digest_storage)
     WHERE id = $1
       AND org_id = $2
     RETURNING id, org_id, name, default_country, created_at, allowed_origins,
               events_retention_days, dedup_window_days, identifier_pii, forward_queue_days,
-              dead_letter_days
+              dead_letter_days, digest_storage, shredded_at
 """
 
 
 _LIST_PROJECTS: Final = """
     SELECT id, org_id, name, default_country, created_at, allowed_origins, events_retention_days,
-           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days
+           dedup_window_days, identifier_pii, forward_queue_days, dead_letter_days, digest_storage,
+           shredded_at
     FROM projects
     WHERE org_id = $1
     ORDER BY created_at, id
@@ -327,7 +341,6 @@ _RETIRE_KEY: Final = f"""
 
 
 _ORG_KEY: Final = "SELECT pseudonym_key FROM organizations WHERE id = $1"
-_PROJECT_KEY: Final = "SELECT pseudonym_key FROM projects WHERE id = $1 AND org_id = $2"
 
 
 class TenancyMixin(StoreBase):
@@ -350,6 +363,7 @@ class TenancyMixin(StoreBase):
         identifier_pii: str = "reject",
         forward_queue_days: int = DEFAULT_FORWARD_QUEUE_DAYS,
         dead_letter_days: int = DEFAULT_DEAD_LETTER_DAYS,
+        digest_storage: str = "protected",
         conn: Connection | None = None,
     ) -> tuple[Project, IssuedKey]:
         """A project and its first write key; on ``conn`` (inside the caller's transaction)
@@ -366,9 +380,11 @@ class TenancyMixin(StoreBase):
                     identifier_pii=identifier_pii,
                     forward_queue_days=forward_queue_days,
                     dead_letter_days=dead_letter_days,
+                    digest_storage=digest_storage,
                     conn=own,
                 )
         project_id = uuid.uuid4()
+        sealed_keys = self.require_keyring().wrap(project_id, ProjectKeys.generate())
         origins = tuple(allowed_origins) if allowed_origins is not None else None
         created_at = await conn.fetchval(
             _INSERT_PROJECT,
@@ -382,6 +398,8 @@ class TenancyMixin(StoreBase):
             identifier_pii,
             forward_queue_days,
             dead_letter_days,
+            digest_storage,
+            sealed_keys,
         )
         key = await self._insert_key(conn, org_id, project_id, keys.KeyKind.WRITE)
         project = Project(
@@ -396,6 +414,7 @@ class TenancyMixin(StoreBase):
             identifier_pii,
             forward_queue_days,
             dead_letter_days,
+            digest_storage,
         )
         return project, key
 
@@ -432,6 +451,7 @@ class TenancyMixin(StoreBase):
             changes.identifier_pii,
             changes.forward_queue_days,
             changes.dead_letter_days,
+            changes.digest_storage,
         )
         return None if row is None else _project(row)
 
@@ -557,7 +577,3 @@ class TenancyMixin(StoreBase):
             raise LookupError("organization not found")
         key: bytes = row["pseudonym_key"]
         return key
-
-    async def project_key(self, org_id: uuid.UUID, project_id: uuid.UUID) -> bytes | None:
-        row = await self._fetchrow(_PROJECT_KEY, project_id, org_id)
-        return None if row is None else bytes(row["pseudonym_key"])

@@ -12,8 +12,10 @@ import orjson
 
 from ingest import pseudonyms
 from ingest.events import COLUMNS, DEVICES, Row
+from ingest.keyring import Keyring, Sealer
 from ingest.pseudonyms import Kind
-from ingest.store._db import Connection
+from ingest.store._db import DIGEST_FIELDS, JSON_FIELDS, Connection
+from ingest.store.sealing import projects_crypto
 
 
 class Fate(StrEnum):
@@ -56,7 +58,9 @@ _CLAIM_EVENTS: Final = """
 # leads), the destination it waits for, and the device ids that events never holds.
 _OUTBOX_COLUMNS: Final = ("project_id", "destination_id", *COLUMNS[1:], "devices")
 
-_PROJECT_KEYS: Final = "SELECT id, pseudonym_key FROM projects WHERE id = ANY($1::uuid[])"
+# Where a protected project's rows hold digests: the four columns, and the JSON ones.
+_DIGEST_POSITIONS: Final = tuple(COLUMNS.index(c) for c in DIGEST_FIELDS)
+_JSON_POSITIONS: Final = tuple(COLUMNS.index(c) for c in JSON_FIELDS)
 _KEY_CACHE_MAX: Final = 100_000
 
 _SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
@@ -77,7 +81,8 @@ class EventWrites:
     projects' pseudonym keys, and which projects have suppressions (so that the usual batch,
     for projects with none, costs no keyed digest at all)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        self.keyring = keyring
         self._keys: dict[uuid.UUID, bytes] = {}
         self._suppressing: set[uuid.UUID] = set()
         # Called after a transaction that wrote outbox rows commits: the service's forwarder
@@ -113,6 +118,9 @@ class EventWrites:
             dropped = {order[r["idx"] - 1] for r in claim if r["kind"] == "dropped"}
             fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
             destinations = _destinations(claim)
+            # Read inside the transaction, after the claim's shared subject lock: a crypto-shred
+            # that committed before it is seen, and one after it waits for this commit.
+            crypto = await projects_crypto(conn, self.keyring, sorted({r[0] for r in fresh}))
             fates: list[Fate] = []
             records: list[Row] = []
             outbox: list[Row] = []
@@ -123,10 +131,13 @@ class EventWrites:
                 elif key in fresh:
                     fresh.discard(key)  # a second copy inside the same batch is a duplicate
                     fates.append(Fate.STORED)
-                    records.append(row[:DEVICES])
+                    found = crypto.get(row[0])
+                    sealer = found.seals if found is not None else None
+                    record = row[:DEVICES] if sealer is None else _sealed(row, sealer)
+                    records.append(record)
                     for destination, types in destinations.get(row[0], ()):
                         if types is None or row[_TYPE] in types:
-                            outbox.append((row[0], destination, *row[1:]))
+                            outbox.append((row[0], destination, *record[1:], row[DEVICES]))
                 else:
                     fates.append(Fate.DUPLICATE)
             if records:
@@ -150,8 +161,9 @@ class EventWrites:
         if missing:
             if len(self._keys) > _KEY_CACHE_MAX:
                 self._keys.clear()
-            for r in await conn.fetch(_PROJECT_KEYS, missing):
-                self._keys[r["id"]] = bytes(r["pseudonym_key"])
+            # A project's pseudonym key never changes (a crypto-shred replaces the data key).
+            for project, found in (await projects_crypto(conn, self.keyring, missing)).items():
+                self._keys[project] = found.pseudonym
         positions: list[int] = []
         digests: list[bytes] = []
         for position, index in enumerate(order, start=1):
@@ -165,6 +177,17 @@ class EventWrites:
                     positions.append(position)
                     digests.append(pseudonyms.digest(key, kind, value))
         return projects, positions, digests
+
+
+def _sealed(row: Row, sealer: Sealer) -> Row:
+    """The row as a protected project stores it: every digest sealed, in its columns and in
+    its JSON (what suppression checks read is the plain row, before this)."""
+    out = list(row[:DEVICES])
+    for i in _DIGEST_POSITIONS:
+        out[i] = sealer.seal_optional(out[i])
+    for i in _JSON_POSITIONS:
+        out[i] = sealer.seal_json(out[i])
+    return tuple(out)
 
 
 def _destinations(
