@@ -1,7 +1,8 @@
 # A small image that runs `ingest serve` as a non-root user.
 # With no INGEST_DATABASE_URL it runs the embedded Postgres under /data (mount a volume there);
-# in production point INGEST_DATABASE_URL at a managed Postgres 14+ and INGEST_GEOIP_DB at a
-# current GeoLite2/GeoIP2 City database.
+# in production point INGEST_DATABASE_URL at a managed Postgres 14+, INGEST_GEOIP_DB at a
+# current GeoLite2/GeoIP2 City database, and give INGEST_MASTER_KEY (or INGEST_MASTER_KEY_FILE)
+# from your secret store. The embedded default keeps its master key in /data/master.key.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

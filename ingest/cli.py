@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 import structlog
 
-from ingest import embedded, migrate
+from ingest import embedded, keyring, migrate
 from ingest.config import ConfigError, Secret, Settings
 from ingest.drain import DrainingHttpToolsProtocol, DrainingSupervisor
 from ingest.geo import GeoDatabaseError, GeoLookup
@@ -91,11 +91,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     create_org.add_argument("name", help="the organization's display name")
     command(
+        admin_sub,
+        "new-master-key",
+        "print a new random master key (for INGEST_MASTER_KEY or INGEST_MASTER_KEY_FILE)",
+    )
+    command(
         sub,
         "purge",
         "delete expired data: events and message ids past each project's retention",
         _DATABASE_ENV + "\n\nRetention is set per project (events_retention_days, "
         "dedup_window_days):\nsee the README's Retention section.",
+    )
+    command(
+        sub,
+        "rotate-master-key",
+        "re-wrap every project's keys under INGEST_MASTER_KEY (the new key), from "
+        "INGEST_MASTER_KEY_PREVIOUS (the old one); then the old one can be destroyed",
+    )
+    command(
+        sub,
+        "reencode",
+        "seal the email and phone digests that protected projects still store plain, "
+        "online, in batches, printing progress",
+        _DATABASE_ENV + "\n  INGEST_MASTER_KEY    the master key (or INGEST_MASTER_KEY_FILE)",
     )
     return parser
 
@@ -138,10 +156,15 @@ def _configure_logging(settings: Settings, command: str) -> None:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is not None:
         _check_database_url(settings.database_url)
+    if args.command == "admin" and args.admin_command == "new-master-key":
+        print(keyring.new_master_key())  # noqa: T201
+        return 0
     if args.command == "serve":
         # Before the database, so a typo costs a second and not an embedded Postgres start.
         _check_geoip(settings)
         _check_port(settings)
+    if args.command in ("serve", "reencode", "rotate-master-key"):
+        settings = _master_key(settings)
     settings, server = _database(settings)
     try:
         if args.command == "serve":
@@ -154,6 +177,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             result = asyncio.run(_create_org(settings, args.name))
             print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())  # noqa: T201
             return 0
+        if args.command == "rotate-master-key":
+            print(orjson.dumps(asyncio.run(_rotate(settings))).decode())  # noqa: T201
+            return 0
+        if args.command == "reencode":
+            print(orjson.dumps(asyncio.run(_reencode(settings))).decode())  # noqa: T201
+            return 0
         if args.command == "purge":
             print(orjson.dumps(asyncio.run(_purge(settings))).decode())  # noqa: T201
             return 0
@@ -161,6 +190,33 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         if server is not None:
             server.cleanup()
     return 2
+
+
+def _master_key(settings: Settings) -> Settings:
+    """Check the master key now (a bad one costs a second, not a server start). With none
+    configured, the embedded Postgres's default: a key file beside its data, made once."""
+    if settings.master_key is None and settings.master_key_file is None:
+        if settings.database_url is not None:
+            try:
+                keyring.load(None, None)
+            except keyring.MasterKeyError as exc:
+                raise CommandError(f"{exc} (INGEST_DATABASE_URL is set)") from None
+        path = settings.data_dir / "master.key"
+        if keyring.create_key_file(path):
+            log.warning(
+                "master_key_created",
+                path=str(path),
+                note="it wraps every project's keys: back it up apart from the database; "
+                "without it no stored email or phone digest can be read back",
+            )
+        # Worker processes read their settings from the environment.
+        os.environ["INGEST_MASTER_KEY_FILE"] = str(path)
+        settings = dataclasses.replace(settings, master_key_file=path)
+    try:
+        keyring.from_settings(settings)
+    except keyring.MasterKeyError as exc:
+        raise CommandError(str(exc)) from None
+    return settings
 
 
 def _check_database_url(url: Secret) -> None:
@@ -365,6 +421,49 @@ async def _purge(settings: Settings) -> dict[str, int | bool]:
     finally:
         await pool.close()
     report_purge(result)
+    return result.as_dict()
+
+
+async def _rotate(settings: Settings) -> dict[str, Any]:
+    """Re-wrap every project's keys under the current master key."""
+    await _migrate(settings)
+    if settings.master_key_previous is None:
+        raise CommandError(
+            "set INGEST_MASTER_KEY to the new master key and INGEST_MASTER_KEY_PREVIOUS to the "
+            "one it replaces"
+        )
+    pool = await _pool(settings)
+    try:
+        store = Store(pool, keyring.from_settings(settings))
+        try:
+            rewrapped = await store.rewrap_project_keys()
+        except keyring.MasterKeyError as exc:
+            raise CommandError(str(exc)) from None
+    finally:
+        await pool.close()
+    log.info("master_key_rotated", projects=rewrapped)
+    return {"projects_rewrapped": rewrapped}
+
+
+async def _reencode(settings: Settings) -> dict[str, Any]:
+    """Seal the plain digests of protected projects; a JSON line per batch on stdout."""
+    await _migrate(settings)
+    ring = keyring.from_settings(settings)
+    pool = await _pool(settings)
+    try:
+        store = Store(pool, ring)
+        try:
+            await store.wrap_project_keys()
+        except keyring.MasterKeyError as exc:
+            raise CommandError(str(exc)) from None
+
+        def progress(line: dict[str, Any]) -> None:
+            print(orjson.dumps(line).decode(), flush=True)  # noqa: T201
+
+        result = await store.reencode(progress)
+    finally:
+        await pool.close()
+    log.info("reencode_done", **result.as_dict())
     return result.as_dict()
 
 

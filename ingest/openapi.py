@@ -107,6 +107,7 @@ AUDIT_ACTIONS: Final = (
     "project.create",
     "project.update",
     "project.delete",
+    "project.crypto_shred",
     "key.create",
     "key.revoke",
     "key.rotate",
@@ -279,6 +280,8 @@ def _schemas() -> dict[str, Any]:
         "forward_queue_days": {"type": "integer"},
         "dead_letter_days": {"type": "integer"},
         "identifier_pii": {"type": "string", "enum": ["reject", "hash"]},
+        "digest_storage": {"type": "string", "enum": ["protected", "plain"]},
+        "shredded_at": {"type": ["string", "null"], "format": "date-time"},
         "created_at": {"type": "string", "format": "date-time"},
     }
     project_fields = {
@@ -331,6 +334,14 @@ def _schemas() -> dict[str, Any]:
             "description": "A user_id, anonymous_id, group_id or previous_id that is an email "
             "address or a phone number: refuse the event (reject), or store the SHA-256 of "
             "the normalized value in its place (hash).",
+        },
+        "digest_storage": {
+            "type": "string",
+            "enum": ["protected", "plain"],
+            "default": "protected",
+            "description": "How email and phone SHA-256 digests are stored: sealed under the "
+            "project's key, which a stolen dump cannot reverse (protected), or as plain "
+            "SHA-256 (plain). Exports and forwards carry the plain SHA-256 either way.",
         },
     }
     segment_props = {
@@ -564,6 +575,14 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["projects"],
             "properties": {"projects": {"type": "array", "items": _ref("Project")}},
+        },
+        "ProjectShredded": {
+            "type": "object",
+            "required": ["id", "shredded_at"],
+            "properties": {
+                "id": uuid_,
+                "shredded_at": {"type": "string", "format": "date-time"},
+            },
         },
         "ProjectDeleted": {
             "type": "object",
@@ -1575,6 +1594,20 @@ def _partner_paths() -> dict[str, Any]:
             [project_id, destination_id],
             _json_body(_ref("DeadLetterRetry"), required=False),
         )
+    }
+    paths["/v1/projects/{project_id}/crypto-shred"] = {
+        "post": write(
+            "POST",
+            "Crypto-shred a project's identifiers",
+            "Replace the project's data key: every email and phone digest it stored sealed so "
+            "far can no longer be read by anyone, at once (exports then show them as null). "
+            "Events stay, without them; suppressions stay in force; new events are sealed "
+            "under the new key. Audited: project.crypto_shred.",
+            "Projects",
+            answer(200, _ref("ProjectShredded"), "When.", (*PARTNER_WRITE_ERRORS, 404)),
+            ("/v1/projects/$PROJECT_ID/crypto-shred", None),
+            [project_id],
+        ),
     }
     # Last of all: Schemathesis runs the operations in this order, and DELETE removes the
     # project the others are aimed at.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from ingest import keyring
 from ingest.config import Settings
 from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Row, Source
 from ingest.store import EventWrites, init_connection
@@ -351,10 +353,17 @@ def server_overrides() -> dict[str, str]:
     }
 
 
+@functools.cache
+def master_key() -> str:
+    """The master key of this run: the environment's, or a new one (the run's database is new)."""
+    return os.environ.get("INGEST_MASTER_KEY") or keyring.new_master_key()
+
+
 def service_env(dsn: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _CONTROLLED}
     env.update(
         INGEST_DATABASE_URL=dsn,
+        INGEST_MASTER_KEY=master_key(),
         INGEST_LOG_LEVEL="warning",  # one line per request would make logging the bottleneck
         INGEST_LOG_FORMAT="json",
         INGEST_HOST="127.0.0.1",
@@ -512,11 +521,13 @@ def describe_writer(before: dict[str, float], after: dict[str, float], seconds: 
     )
 
 
-def create_project(base: str, secret_key: str) -> tuple[str, uuid.UUID]:
+def create_project(
+    base: str, secret_key: str, digest_storage: str = "protected"
+) -> tuple[str, uuid.UUID]:
     status, body = http_json(
         "POST",
         f"{base}/v1/projects",
-        {"name": "bench"},
+        {"name": "bench", "digest_storage": digest_storage},
         {"Authorization": f"Bearer {secret_key}"},
     )
     if status != 201:
@@ -843,7 +854,7 @@ async def copy_rate(
         end = 0.0
         latencies: list[list[float]] = [[] for _ in opened]
         written = [0] * len(opened)
-        writes = EventWrites()
+        writes = EventWrites(keyring.Keyring(keyring.parse_master_key(master_key())))
 
         async def loop(i: int, conn: asyncpg.Connection) -> None:
             seq = 0
@@ -1164,6 +1175,12 @@ def _parser() -> argparse.ArgumentParser:
         help="record the server with py-spy during each scenario into this directory",
     )
     parser.add_argument("--profile-native", action="store_true", help="py-spy --native")
+    parser.add_argument(
+        "--digest-storage",
+        choices=("protected", "plain"),
+        default="protected",
+        help="the bench project's digest_storage (default protected, the service's default)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output too")
     return parser
@@ -1234,7 +1251,7 @@ def _run(args: argparse.Namespace, wanted: set[str]) -> int:
         server = Server(dsn, args.workers, tmp / "server.log")
         stack.callback(_quietly, "stop ingest serve", server.stop)
         server.wait_ready()
-        write_key, project_id = create_project(server.base, secret_key)
+        write_key, project_id = create_project(server.base, secret_key, args.digest_storage)
         pids = server.pids()
         pg_pid = asyncio.run(postmaster_pid(dsn))
         say(f"ingest serve ready at {server.base} (pids {', '.join(map(str, pids))})")

@@ -28,6 +28,7 @@ from ingest import migrate
 from ingest.app import create_app
 from ingest.cli import _create_org
 from ingest.config import Secret, Settings
+from ingest.keyring import Keyring, parse_master_key
 from ingest.logs import configure_logging
 from ingest.metrics import Metrics
 from ingest.store import init_connection
@@ -129,10 +130,48 @@ def geoip_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_mmdb(tmp_path_factory.mktemp("geoip") / "test-city.mmdb")
 
 
+# The master key every test server and app uses (a test-only value: keyring.py).
+TEST_MASTER_KEY = "7e" * 32
+
+
+def keyring_for_tests() -> Keyring:
+    """The keyring of TEST_MASTER_KEY, for tests that build a Store themselves."""
+    return Keyring(parse_master_key(TEST_MASTER_KEY))
+
+
+async def unseal(conn: asyncpg.Connection, value: Any) -> Any:
+    """``value`` (a row as a dict, a list of them, a string) with every sealed digest opened
+    by the project that sealed it: what tests that compare stored digests with the vectors
+    read (projects are protected by default; test_protected_digests checks the stored form)."""
+    ring = keyring_for_tests()
+    sealers = [
+        ring.sealer(r["id"], bytes(r["sealed_keys"]))
+        for r in await conn.fetch(
+            "SELECT id, sealed_keys FROM projects WHERE sealed_keys IS NOT NULL"
+        )
+    ]
+
+    def open_value(v: Any) -> Any:
+        if isinstance(v, str) and "enc:" in v:
+            for sealer in sealers:
+                opened = sealer.open_text(v)
+                if opened != v:
+                    return opened
+            return v
+        if isinstance(v, dict):
+            return {open_value(k): open_value(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [open_value(x) for x in v]
+        return v
+
+    return open_value(dict(value) if isinstance(value, asyncpg.Record) else value)
+
+
 @pytest.fixture
 def settings(db_dsn: str, geoip_db: Path) -> Settings:
     return Settings(
         database_url=Secret(db_dsn),
+        master_key=Secret(TEST_MASTER_KEY),
         geoip_path=geoip_db,
         # Tests revoke keys and expect the next request to see it.
         key_cache_ttl_s=0.0,

@@ -18,6 +18,8 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import TEST_MASTER_KEY
+
 INGEST = [sys.executable, "-m", "ingest.cli"]
 
 
@@ -101,7 +103,11 @@ def _bootstrap(env: dict[str, str], base: str) -> str:
 def test_serve_migrate_and_admin_against_a_database_url(
     serve: Any, db_dsn: str, geoip_db: Path
 ) -> None:
-    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    env = _env(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
+    )
     migrated = _run(["migrate"], env)
     assert migrated.returncode == 0, migrated.stderr
     assert json.loads(migrated.stdout) == {"applied": []}  # the template is migrated already
@@ -178,7 +184,11 @@ def test_zero_configuration_serve_keeps_events_across_restarts(serve: Any, tmp_p
 
 def test_workers_share_the_load_and_metrics_add_up(serve: Any, db_dsn: str, geoip_db: Path) -> None:
     """`--workers 2`: two processes answer, and a scrape (served by either) counts every event."""
-    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    env = _env(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
+    )
     proc, base = serve(env, "--workers", "2")
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     # uvicorn's supervisor, its workers, and possibly multiprocessing's resource tracker.
@@ -214,6 +224,7 @@ def test_connections_past_the_limit_get_503(serve: Any, db_dsn: str, geoip_db: P
     """INGEST_MAX_CONNECTIONS bounds open connections per worker; the excess gets 503 at once."""
     env = _env(
         INGEST_DATABASE_URL=db_dsn,
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
         INGEST_GEOIP_DB=str(geoip_db),
         INGEST_MAX_CONNECTIONS="2",
         INGEST_WORKERS="1",
@@ -251,6 +262,7 @@ def test_workers_from_the_command_line_split_the_rate_limit(
     """`--workers 3` (not the environment) reaches the workers: each enforces a third."""
     env = _env(
         INGEST_DATABASE_URL=db_dsn,
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
         INGEST_GEOIP_DB=str(geoip_db),
         INGEST_RATE_LIMIT_PER_KEY="30",
         INGEST_RATE_LIMIT_BURST="3",
@@ -282,7 +294,12 @@ def test_a_request_sent_on_an_idle_connection_during_the_drain_is_answered(
 ) -> None:
     """RELIABILITY B6: an SDK's next request on its keep-alive connection, sent just after the
     server got SIGTERM, gets an answer (with Connection: close), not a closed connection."""
-    env = _env(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db), INGEST_WORKERS="1")
+    env = _env(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
+        INGEST_WORKERS="1",
+    )
     proc, base = serve(env)
     port = int(base.rsplit(":", 1)[1])
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"

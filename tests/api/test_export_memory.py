@@ -23,6 +23,7 @@ import pytest
 from ingest.cli import _create_org
 from ingest.config import Settings
 from ingest.events import COLUMNS
+from tests.conftest import TEST_MASTER_KEY
 
 EVENTS = 100_000
 USER = "heavy-user"
@@ -51,6 +52,7 @@ def server(db_dsn: str, geoip_db: Path, tmp_path: Path) -> Iterator[tuple[int, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     env.update(
         INGEST_DATABASE_URL=db_dsn,
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
         INGEST_GEOIP_DB=str(geoip_db),
         INGEST_WORKERS="1",
         INGEST_LOG_LEVEL="warning",

@@ -35,7 +35,7 @@ from ingest.app import create_app
 from ingest.config import Settings
 from ingest.metrics import Metrics
 from tests.api.test_privacy import pg_dump
-from tests.conftest import bearer, client_for
+from tests.conftest import bearer, client_for, unseal
 
 AD_ID = "AEBE52E7-03EE-455A-B3C4-E57283966239"
 GAID = "38400000-8cf0-11bd-b23e-10b96e40000d"
@@ -584,7 +584,10 @@ class TestPrivacy:
         assert AD_ID.lower() in dump
         for raw in (email.lower(), "canary.outbox", "555 0142", "4155550142"):
             assert raw not in dump, raw
-        assert hashlib.sha256(email.lower().encode()).hexdigest() in dump
+        digest = hashlib.sha256(email.lower().encode()).hexdigest()
+        assert digest not in dump  # sealed: the project is protected
+        raw_dump = await pg_dump(db_dsn, "--data-only")
+        assert digest in await unseal(conn, raw_dump)
 
 
 class TestAddressGuard:

@@ -11,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import bearer, new_id
+from tests.conftest import bearer, new_id, unseal
 
 
 def sha(text: str) -> str:
@@ -55,6 +55,7 @@ async def test_the_default_refuses_and_a_patch_switches_to_hashing(
         "SELECT user_id, email_sha256 FROM events WHERE message_id = $1", event["message_id"]
     )
     assert row is not None
+    row = await unseal(conn, row)
     assert row["user_id"] == sha("jane.doe@example.com")
     assert row["email_sha256"] == sha("jane.doe@example.com")
 
@@ -80,7 +81,7 @@ async def test_hashed_ids_are_normalized_and_fill_the_identifier_columns(
     assert r.status_code == 200, r.text
     assert [(e["index"], e["code"]) for e in r.json()["rejected"]] == [(3, "user_id_is_email")]
     rows = {
-        r["message_id"]: dict(r)
+        r["message_id"]: await unseal(conn, r)
         for r in await conn.fetch(
             "SELECT message_id, user_id, anonymous_id, email_sha256, phone_sha256 FROM events"
         )

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import bearer, new_id
+from tests.conftest import bearer, new_id, unseal
 
 VECTORS_PATH = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "pii.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
@@ -64,7 +64,8 @@ async def post_identifies(
 async def stored(conn: asyncpg.Connection, message_id: str) -> dict[str, Any]:
     row = await conn.fetchrow("SELECT * FROM events WHERE message_id = $1", message_id)
     assert row is not None, f"event {message_id} was not stored"
-    return dict(row)
+    opened: dict[str, Any] = await unseal(conn, row)
+    return opened
 
 
 def diff(what: str, got: dict[str, Any], expected: dict[str, Any]) -> list[str]:

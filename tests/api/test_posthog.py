@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import new_id
+from tests.conftest import new_id, unseal
 
 
 def _sha(value: str) -> str:
@@ -22,7 +22,7 @@ def _sha(value: str) -> str:
 
 async def _rows(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT * FROM events ORDER BY timestamp, message_id")
-    return [dict(r) for r in rows]
+    return [await unseal(conn, r) for r in rows]
 
 
 def _js_event(write_key: str, event: str = "clicked", **props: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import pytest
 import structlog
 
 from ingest.config import Settings
-from tests.conftest import basic, bearer, client_for
+from tests.conftest import basic, bearer, client_for, unseal
 
 TRUSTED_PROXY = "10.0.0.1"
 
@@ -284,7 +284,8 @@ def sinks(app: Any, db_dsn: str, log_stream: io.BytesIO, pg_server: Any) -> Iter
 async def _row(conn: asyncpg.Connection, message_id: str) -> dict[str, Any]:
     row = await conn.fetchrow("SELECT * FROM events WHERE message_id = $1", message_id)
     assert row is not None, f"event {message_id} was not stored"
-    return dict(row)
+    opened: dict[str, Any] = await unseal(conn, row)
+    return opened
 
 
 def _ok(response: httpx.Response, accepted: int) -> dict[str, Any]:
@@ -415,8 +416,11 @@ async def test_valid_events_store_only_documented_digests(
     assert phones["context"] == {"device": {}}
 
     assert await conn.fetchval("SELECT count(*) FROM events") == 3
-    # The dump searched below is this test's database: it holds these events' digests.
-    assert sha(c.email(10)) in (await sinks.dumps())["pg_dump --data-only"]
+    # The dump searched below is this test's database: it holds these events' digests, sealed
+    # (the project is protected: not even the plain SHA-256 is in it).
+    dump = (await sinks.dumps())["pg_dump --data-only"]
+    assert sha(c.email(10)) not in dump
+    assert sha(c.email(10)) in await unseal(conn, dump)
     await sinks.assert_clean(c.forbidden())
 
 

@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 from ingest.app import create_app
 from ingest.cli import _create_org
 from ingest.config import Settings
-from tests.conftest import basic, bearer, client_for, new_id
+from tests.conftest import basic, bearer, client_for, new_id, unseal
 
 SHORT = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 BODIES: dict[str, dict[str, Any]] = {
@@ -36,7 +36,7 @@ def _sha(value: str) -> str:
 
 async def _rows(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     rows = await conn.fetch("SELECT * FROM events ORDER BY timestamp, message_id")
-    return [dict(r) for r in rows]
+    return [await unseal(conn, r) for r in rows]
 
 
 async def _chunks(data: bytes) -> AsyncIterator[bytes]:

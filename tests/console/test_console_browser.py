@@ -27,6 +27,8 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import TEST_MASTER_KEY
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
 
@@ -49,7 +51,11 @@ def _free_port() -> int:
 def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str, str]]:
     """A live server: its base URL, an organization's secret key, and the database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    env.update(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
+    )
     port = _free_port()
     proc = subprocess.Popen(
         [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -15,6 +15,7 @@ from ingest import migrate
 from ingest.app import DatabaseNotDurable, create_app
 from ingest.config import Secret, Settings
 from ingest.metrics import Metrics
+from tests.conftest import TEST_MASTER_KEY
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ async def test_refuses_to_start_when_a_durability_setting_is_off(
 ) -> None:
     dsn = own_server.get_uri()
     metrics = Metrics()
-    settings = Settings(database_url=Secret(dsn), geoip_path=geoip_db)
+    settings = Settings(
+        database_url=Secret(dsn), geoip_path=geoip_db, master_key=Secret(TEST_MASTER_KEY)
+    )
     await _set(dsn, setting, "off")
     try:
         with pytest.raises(DatabaseNotDurable, match=setting):

@@ -25,6 +25,7 @@ from ingest.store import (
     create_pool,
     init_connection,
 )
+from tests.conftest import keyring_for_tests
 
 
 def rows_for(project_id: uuid.UUID, user_id: str, n: int) -> list[Row]:
@@ -42,7 +43,7 @@ def rows_for(project_id: uuid.UUID, user_id: str, n: int) -> list[Row]:
 @pytest.fixture
 async def store(db_dsn: str) -> AsyncIterator[Store]:
     pool = await create_pool(db_dsn, min_size=1, max_size=4, connect_timeout=5)
-    store = Store(pool)
+    store = Store(pool, keyring_for_tests())
     await store.ensure_partitions()
     yield store
     await pool.close()

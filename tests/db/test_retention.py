@@ -21,7 +21,7 @@ from ingest.app import create_app, maintain_once
 from ingest.config import Settings
 from ingest.metrics import Metrics
 from ingest.store import PURGE_LOCK, Store, create_pool, partition_name
-from tests.conftest import bearer, client_for
+from tests.conftest import bearer, client_for, keyring_for_tests
 
 TODAY = datetime.now(UTC).date()
 
@@ -41,7 +41,7 @@ def day_start(day: date) -> datetime:
 @pytest.fixture
 async def store(db_dsn: str) -> AsyncIterator[Store]:
     pool = await create_pool(db_dsn, min_size=1, max_size=4, connect_timeout=5)
-    store = Store(pool)
+    store = Store(pool, keyring_for_tests())
     await store.ensure_partitions()
     yield store
     await pool.close()

@@ -26,7 +26,7 @@ from ingest.metrics import Metrics
 from ingest.problems import Unavailable
 from ingest.store import Store, create_pool
 from ingest.writer import Outcome, Writer
-from tests.conftest import bearer, client_for
+from tests.conftest import TEST_MASTER_KEY, bearer, client_for, keyring_for_tests
 
 PROJECT = uuid.uuid4()
 
@@ -49,7 +49,7 @@ def rows(n: int, *, received_at: datetime | None = None, prefix: str = "m") -> l
 @pytest.fixture
 async def store(db_dsn: str) -> AsyncIterator[Store]:
     pool = await create_pool(db_dsn, min_size=1, max_size=4, connect_timeout=5)
-    store = Store(pool)
+    store = Store(pool, keyring_for_tests())
     await store.ensure_partitions()  # as the app's lifespan does
     # The writer drops rows of a project that does not exist (a deleted one): PROJECT must.
     async with pool.acquire() as conn:
@@ -252,7 +252,12 @@ class TestRecovery:
         conn = await asyncpg.connect(dsn)
         await migrate.migrate(conn)
         await conn.close()
-        settings = Settings(database_url=Secret(dsn), geoip_path=geoip_db, key_cache_ttl_s=60)
+        settings = Settings(
+            database_url=Secret(dsn),
+            geoip_path=geoip_db,
+            key_cache_ttl_s=60,
+            master_key=Secret(TEST_MASTER_KEY),
+        )
         org = await _create_org(settings, "Acme")
         async with LifespanManager(create_app(settings, metrics=Metrics())) as m:
             c = client_for(m.app)

@@ -27,6 +27,7 @@ from posthog import Posthog
 from segment.analytics.client import Client as SegmentClient
 
 from ingest.store import init_connection
+from tests.conftest import TEST_MASTER_KEY, unseal
 
 INGEST = [sys.executable, "-m", "ingest.cli"]
 EMAIL = " Ann.Lee@Example.com "
@@ -48,7 +49,11 @@ def _free_port() -> int:
 def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str]]:
     """A live server on a free port, and a write key for a fresh project on it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(INGEST_DATABASE_URL=db_dsn, INGEST_GEOIP_DB=str(geoip_db))
+    env.update(
+        INGEST_DATABASE_URL=db_dsn,
+        INGEST_GEOIP_DB=str(geoip_db),
+        INGEST_MASTER_KEY=TEST_MASTER_KEY,
+    )
     port = _free_port()
     proc = subprocess.Popen(
         [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -96,9 +101,9 @@ def _wait_for_rows(dsn: str, count: int) -> list[dict[str, Any]]:
         await init_connection(conn)  # jsonb as Python objects
         try:
             rows = await conn.fetch("SELECT * FROM events ORDER BY timestamp")
+            return [await unseal(conn, r) for r in rows]
         finally:
             await conn.close()
-        return [dict(r) for r in rows]
 
     deadline = time.monotonic() + 30
     rows = asyncio.run(fetch())
