@@ -76,6 +76,18 @@ async def _export(
     return [orjson.loads(line) for line in r.content.splitlines()]
 
 
+async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``ingest ARGS`` in a subprocess, off the event loop."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "ingest.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def _identify(email: str | None = None, phone: str | None = None, **more: Any) -> dict[str, Any]:
     traits: dict[str, Any] = {}
     if email is not None:
@@ -309,14 +321,7 @@ async def test_reencode_seals_what_older_rows_hold_plain_online_with_progress(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     env.update(INGEST_DATABASE_URL=db_dsn, INGEST_MASTER_KEY=TEST_MASTER_KEY)
-    run = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ingest.cli", "reencode"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = await _cli(env, "reencode")
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     assert any("blocks" in line and line["rows"] >= 1 for line in lines), lines
@@ -331,14 +336,7 @@ async def test_reencode_seals_what_older_rows_hold_plain_online_with_progress(
     profile = await client.get(f"/v1/projects/{pid}/users/ada", headers=bearer(secret_key))
     assert profile.json()["traits"]["email"] == EMAIL_SHA
     # Nothing left: a second run changes nothing.
-    again = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ingest.cli", "reencode"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = await _cli(env, "reencode")
     assert json.loads(again.stdout.splitlines()[-1])["rows_reencoded"] == {
         "events": 0,
         "outbox": 0,
@@ -381,23 +379,12 @@ async def test_a_master_key_rotation_rewraps_every_project_so_the_old_key_can_go
     new_key = "5a" * 32
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     env.update(INGEST_DATABASE_URL=db_dsn)
-    refused = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ingest.cli", "rotate-master-key"],
-        env={**env, "INGEST_MASTER_KEY": new_key},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = await _cli({**env, "INGEST_MASTER_KEY": new_key}, "rotate-master-key")
     assert refused.returncode == 1
     assert "INGEST_MASTER_KEY_PREVIOUS" in refused.stderr
-    run = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "ingest.cli", "rotate-master-key"],
-        env={**env, "INGEST_MASTER_KEY": new_key, "INGEST_MASTER_KEY_PREVIOUS": TEST_MASTER_KEY},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run = await _cli(
+        {**env, "INGEST_MASTER_KEY": new_key, "INGEST_MASTER_KEY_PREVIOUS": TEST_MASTER_KEY},
+        "rotate-master-key",
     )
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["projects_rewrapped"] >= 1

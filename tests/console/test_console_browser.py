@@ -13,9 +13,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +24,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import TEST_MASTER_KEY
+from tests.live import live_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
@@ -40,52 +37,11 @@ EMAIL = "Grace.Hopper@Example.org"
 SHOTS = os.environ.get("INGEST_CONSOLE_SCREENSHOTS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(name="server")
 def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str, str]]:
     """A live server: its base URL, an organization's secret key, and the database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(
-        INGEST_DATABASE_URL=db_dsn,
-        INGEST_GEOIP_DB=str(geoip_db),
-        INGEST_MASTER_KEY=TEST_MASTER_KEY,
-    )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "ingest serve exited"
-            assert time.monotonic() < deadline, "ingest serve did not start"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        created = subprocess.run(
-            [*INGEST, "admin", "create-org", "Acme"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        yield base, json.loads(created.stdout)["secret_key"]["key"], db_dsn
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    with live_server(db_dsn, geoip_db, "--workers", "1") as (base, secret):
+        yield base, secret, db_dsn
 
 
 def _sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +22,8 @@ from posthog import Posthog
 from segment.analytics.client import Client as SegmentClient
 
 from ingest.store import init_connection
-from tests.conftest import TEST_MASTER_KEY, unseal
+from tests.conftest import unseal
+from tests.live import live_server
 
 INGEST = [sys.executable, "-m", "ingest.cli"]
 EMAIL = " Ann.Lee@Example.com "
@@ -38,49 +34,10 @@ def _sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(name="server")
 def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str]]:
-    """A live server on a free port, and a write key for a fresh project on it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(
-        INGEST_DATABASE_URL=db_dsn,
-        INGEST_GEOIP_DB=str(geoip_db),
-        INGEST_MASTER_KEY=TEST_MASTER_KEY,
-    )
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "ingest serve exited"
-            assert time.monotonic() < deadline, "ingest serve did not start"
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        created = subprocess.run(
-            [*INGEST, "admin", "create-org", "Acme"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        secret = json.loads(created.stdout)["secret_key"]["key"]
+    """A live server, and a write key for a fresh project on it."""
+    with live_server(db_dsn, geoip_db) as (base, secret):
         project = httpx.post(
             base + "/v1/projects",
             json={"name": "SDKs"},
@@ -88,9 +45,6 @@ def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str]]:
         )
         assert project.status_code == 201, project.text
         yield base, project.json()["write_key"]["key"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _wait_for_rows(dsn: str, count: int) -> list[dict[str, Any]]:
