@@ -497,17 +497,24 @@ class Console:
         )
         return answer.json()["erasures"]
 
-    async def people(self, request: Request, visit: Visit, form: dict[str, str]) -> Response:
-        project = await self._project(request, visit)
-        if project is None:
-            return self.error(request, visit, 404, "There is no such project.")
+    async def _people_page(
+        self, request: Request, visit: Visit, project: Project, *, status: int = 200, **context: Any
+    ) -> Response:
         return self.render(
             request,
             "people.html",
             visit,
+            status=status,
             project=project.as_dict(),
             erasures=await self._erasures(request, visit, project.project_id),
+            **context,
         )
+
+    async def people(self, request: Request, visit: Visit, form: dict[str, str]) -> Response:
+        project = await self._project(request, visit)
+        if project is None:
+            return self.error(request, visit, 404, "There is no such project.")
+        return await self._people_page(request, visit, project)
 
     async def _subject(
         self, request: Request, visit: Visit, form: dict[str, str], project: Project
@@ -540,13 +547,11 @@ class Console:
         try:
             subject = await self._subject(request, visit, form, project)
         except Problem as exc:
-            return self.render(
+            return await self._people_page(
                 request,
-                "people.html",
                 visit,
+                project,
                 status=422,
-                project=project.as_dict(),
-                erasures=await self._erasures(request, visit, project.project_id),
                 problem={"detail": exc.detail},
                 chosen=form.get("field"),
             )
@@ -560,12 +565,10 @@ class Console:
         if subject.kind is Kind.USER_ID:
             found = await store.profile(project.project_id, subject.values[0], sealer)
             profile = found.as_dict() if found is not None else None
-        return self.render(
+        return await self._people_page(
             request,
-            "people.html",
             visit,
-            project=project.as_dict(),
-            erasures=await self._erasures(request, visit, project.project_id),
+            project,
             subject=subject,
             shown=_shown(subject),
             count=count,

@@ -141,7 +141,7 @@ class SealingMixin(StoreBase):
             if sample is not None:
                 try:
                     keyring.unwrap(sample["id"], bytes(sample["sealed_keys"]))
-                except Exception:
+                except MasterKeyError:
                     raise MasterKeyError(
                         "this master key does not open the projects' keys: every host needs "
                         "the master key the projects were made with"
