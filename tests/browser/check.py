@@ -24,7 +24,8 @@ from typing import Any
 import asyncpg
 import httpx
 
-from ingest.store import init_connection
+from ingest.keyring import Keyring, new_master_key, parse_master_key
+from ingest.store import init_connection, open_event
 
 HERE = Path(__file__).resolve().parent
 INGEST = [sys.executable, "-m", "ingest.cli"]
@@ -43,14 +44,23 @@ def _free_port() -> int:
         return port
 
 
-def _rows(dsn: str, count: int) -> list[dict[str, Any]]:
-    """The events once ``count`` are stored, polling until a deadline."""
+def _rows(dsn: str, count: int, master_key: str) -> list[dict[str, Any]]:
+    """The events once ``count`` are stored, polling until a deadline, with their sealed
+    digests opened (the project is protected: keyring.py)."""
+    ring = Keyring(parse_master_key(master_key))
 
     async def fetch() -> list[dict[str, Any]]:
         conn = await asyncpg.connect(dsn)
         await init_connection(conn)
         try:
-            return [dict(r) for r in await conn.fetch("SELECT * FROM events")]
+            sealers = {
+                r["id"]: ring.sealer(r["id"], bytes(r["sealed_keys"]))
+                for r in await conn.fetch("SELECT id, sealed_keys FROM projects")
+            }
+            return [
+                open_event(sealers[r["project_id"]], dict(r))
+                for r in await conn.fetch("SELECT * FROM events")
+            ]
         finally:
             await conn.close()
 
@@ -70,6 +80,7 @@ def main() -> int:
         dsn = pg.get_uri()
         env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
         env["INGEST_DATABASE_URL"] = dsn
+        env["INGEST_MASTER_KEY"] = master_key = new_master_key()
         subprocess.run([*INGEST, "migrate"], env=env, check=True, capture_output=True)
         port = _free_port()
         server = subprocess.Popen(
@@ -122,7 +133,7 @@ def main() -> int:
                 failures.append(f"the page failed: {result}")
             if f"GET /v1/projects/{write_key}/settings" not in result["requests"]:
                 failures.append("analytics-next did not fetch its settings from ingest")
-            rows = _rows(dsn, 4)
+            rows = _rows(dsn, 4, master_key)
             by = {(r["type"], r["event"]): r for r in rows}
             want = {("page", "Home"), ("identify", None), ("track", "Clicked"), ("track", "Left")}
             if set(by) != want:
