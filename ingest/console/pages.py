@@ -363,6 +363,26 @@ class Console:
             errors=_field_errors(answer),
         )
 
+    async def crypto_shred(self, request: Request, visit: Visit, form: dict[str, str]) -> Response:
+        project_id = request.path_params["project_id"]
+        answer = await call(
+            request,
+            visit.key,
+            "POST",
+            f"/v1/projects/{project_id}/crypto-shred",
+            idempotency_key=form.get("idem"),
+        )
+        if answer.ok:
+            return await self._project_page(
+                request,
+                visit,
+                project_id,
+                notice="Crypto-shredded: the digests stored so far can no longer be read.",
+            )
+        return await self._project_page(
+            request, visit, project_id, status=answer.status, problem=answer.problem
+        )
+
     async def _key_action(
         self,
         request: Request,
@@ -686,6 +706,7 @@ class Console:
                     Route("/projects", p(self.create_project), methods=["POST"]),
                     Route(project, p(self.project), methods=["GET"]),
                     Route(project, p(self.update_project), methods=["POST"]),
+                    Route(project + "/crypto-shred", p(self.crypto_shred), methods=["POST"]),
                     Route(project + "/keys", p(self.create_write_key), methods=["POST"]),
                     Route(project + "/keys/{key_id}", p(self.change_write_key), methods=["POST"]),
                     Route(project + "/live", p(self.live), methods=["GET"]),

@@ -672,3 +672,28 @@ async def test_an_id_in_a_console_address_that_is_not_an_id_is_a_404(
     )
     assert r.status_code == 404
     assert await conn.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL") == 0
+
+
+async def test_crypto_shred_from_the_project_page(
+    console: tuple[httpx.AsyncClient, str],
+    project: dict[str, Any],
+    write_key: str,
+    conn: asyncpg.Connection,
+) -> None:
+    client, csrf = console
+    await _events_for_jane(client, write_key)
+    before = await conn.fetchval("SELECT sealed_keys FROM projects")
+    url = f"/console/projects/{project['id']}/crypto-shred"
+    r = await client.post(url, data={"csrf": csrf, "idem": str(uuid.uuid4())})
+    assert r.status_code == 200
+    assert "Crypto-shredded" in r.text
+    assert await conn.fetchval("SELECT sealed_keys FROM projects") != before
+    audit = await conn.fetchval("SELECT action FROM audit_log ORDER BY seq DESC LIMIT 1")
+    assert audit == "project.crypto_shred"
+    # The person can no longer be found by their email; the events stay.
+    base = f"/console/projects/{project['id']}/people"
+    found = await client.post(base, data={"csrf": csrf, "field": "email", "value": EMAIL})
+    assert "<strong>0</strong> stored events" in found.text
+    assert await conn.fetchval("SELECT count(*) FROM events") == 3
+    r = await client.post(url, data={"idem": str(uuid.uuid4())})
+    assert r.status_code == 403  # without the session's token
