@@ -141,12 +141,19 @@ def public_base(request: Request, svc: Services) -> tuple[str, str]:
     host = request.headers.get("host", "")
     if not _HOST.fullmatch(host):
         raise InvalidBody("the Host header is not a host name; set INGEST_PUBLIC_URL")
-    scheme = request.url.scheme
+    return public_scheme(request, svc), host
+
+
+def public_scheme(request: Request, svc: Services) -> str:
+    """The scheme clients reach this server with: INGEST_PUBLIC_URL's, else the request's, or
+    the X-Forwarded-Proto of a trusted proxy (one that ends TLS in front of us)."""
+    if svc.settings.public_url is not None:
+        return svc.settings.public_url.partition("://")[0]
     forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
     peer = request.client.host if request.client else None
     if forwarded in ("http", "https") and is_trusted_proxy(peer, svc.settings.trusted_proxies):
-        scheme = forwarded
-    return scheme, host
+        return forwarded
+    return request.url.scheme
 
 
 async def get_settings(request: Request) -> Response:

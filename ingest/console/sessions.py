@@ -31,6 +31,7 @@ from ingest import bodies
 from ingest.keys import KeyKind
 from ingest.problems import Problem
 from ingest.routes import Services, log_fields, services
+from ingest.segment import public_scheme
 from ingest.store import ConsoleSession, KeyRecord
 
 # Forms are small: a project's settings are the largest.
@@ -41,8 +42,13 @@ _TLS_COOKIE: Final = "__Host-ingest_console"
 _MAX_ADDRESSES: Final = 10_000
 
 
+def _tls(request: Request) -> bool:
+    """Served over https as the browser sees it (behind a TLS-ending proxy too)."""
+    return public_scheme(request, services(request)) == "https"
+
+
 def cookie_name(request: Request) -> str:
-    return _TLS_COOKIE if request.url.scheme == "https" else _PLAIN_COOKIE
+    return _TLS_COOKIE if _tls(request) else _PLAIN_COOKIE
 
 
 def session_digest(token: str) -> bytes:
@@ -133,8 +139,8 @@ def set_cookie(request: Request, response: Response, token: str, max_age: float)
         cookie_name(request),
         token,
         max_age=math.ceil(max_age),
-        path="/" if request.url.scheme == "https" else "/console",
-        secure=request.url.scheme == "https",
+        path="/" if _tls(request) else "/console",
+        secure=_tls(request),
         httponly=True,
         samesite="strict",
     )
@@ -143,8 +149,8 @@ def set_cookie(request: Request, response: Response, token: str, max_age: float)
 def clear_cookie(request: Request, response: Response) -> None:
     response.delete_cookie(
         cookie_name(request),
-        path="/" if request.url.scheme == "https" else "/console",
-        secure=request.url.scheme == "https",
+        path="/" if _tls(request) else "/console",
+        secure=_tls(request),
         httponly=True,
         samesite="strict",
     )

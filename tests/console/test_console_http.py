@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import ipaddress
 import re
 import uuid
 from typing import Any
@@ -91,6 +92,24 @@ async def test_over_https_the_cookie_is_secure_and_host_prefixed(app: Any, secre
         assert "Secure" in cookie
         assert "Path=/;" in cookie + ";"
         assert (await c.get("/console/projects")).status_code == 200
+
+
+async def test_behind_a_trusted_proxy_that_ends_tls_the_cookie_is_secure_too(
+    settings: Settings, secret_key: str
+) -> None:
+    proxied = dataclasses.replace(settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
+    async with LifespanManager(create_app(proxied, metrics=Metrics())) as manager:
+        https = {"X-Forwarded-Proto": "https"}
+        async with client_for(manager.app, "10.1.2.3") as c:
+            r = await c.post("/console/sign-in", data={"key": secret_key}, headers=https)
+            cookie = r.headers["set-cookie"]
+            assert cookie.startswith("__Host-ingest_console=")
+            assert "Secure" in cookie
+        async with client_for(manager.app, "203.0.113.9") as c:
+            # Not a trusted proxy: its header is not believed.
+            r = await c.post("/console/sign-in", data={"key": secret_key}, headers=https)
+            assert r.headers["set-cookie"].startswith("ingest_console=")
+            assert "Secure" not in r.headers["set-cookie"]
 
 
 async def test_a_wrong_key_is_refused_with_a_clear_message_and_nothing_is_opened(
