@@ -24,7 +24,7 @@ from ingest.manage import page_limit
 from ingest.partner import Call, partner_route
 from ingest.problems import InvalidBody, NotFound, ValidationFailed
 from ingest.pseudonyms import Kind
-from ingest.store import Identifiers, Project
+from ingest.store import Identifiers, Project, ProjectCrypto
 
 NDJSON: Final = "application/x-ndjson"
 # Rows per export query: at most 500 x 32 KiB (the event size limit) in memory at once.
@@ -124,18 +124,23 @@ def _unique(*values: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for v in values if v is not None))
 
 
-async def _subject_digest(call: Call, project: Project, subject: Subject) -> bytes:
-    key = await call.svc.store.project_key(call.org_id, project.project_id)
-    if key is None:  # deleted since own_project read it
+async def _project_crypto(call: Call, project: Project) -> ProjectCrypto:
+    crypto = await call.svc.store.project_crypto(project.project_id, call.org_id)
+    if crypto is None:  # deleted since own_project read it
         raise NotFound("no such project")
-    return pseudonyms.digest(key, subject.kind, subject.values[0])
+    return crypto
+
+
+def _subject_digest(crypto: ProjectCrypto, subject: Subject) -> bytes:
+    return pseudonyms.digest(crypto.pseudonym, subject.kind, subject.values[0])
 
 
 # -- access --------------------------------------------------------------------------------
 
 
 async def export_events(call: Call, project: Project, subject: Subject) -> Response:
-    digest = await _subject_digest(call, project, subject)
+    crypto = await _project_crypto(call, project)
+    digest = _subject_digest(crypto, subject)
     store = call.svc.store
     # Recorded before the first byte: an export that the client abandons was still made.
     async with store.pool.acquire() as conn:
@@ -151,8 +156,7 @@ async def export_events(call: Call, project: Project, subject: Subject) -> Respo
         )
     call.svc.metrics.subject_requests.labels(kind="export").inc()
 
-    crypto = await store.project_crypto(project.project_id)
-    sealer = crypto.sealer if crypto is not None else None
+    sealer = crypto.sealer
 
     async def lines() -> AsyncIterator[bytes]:
         for column in COLUMNS[subject.kind]:
@@ -187,9 +191,9 @@ async def get_user(request: Request, call: Call) -> Response:
     """A user's current state: identify traits merged in arrival order, first and last seen."""
     project = await call.own_project(request.path_params["project_id"])
     subject = _path_user(request)
-    crypto = await call.svc.store.project_crypto(project.project_id)
-    profile = await call.svc.store.profile(
-        project.project_id, subject.values[0], crypto.sealer if crypto is not None else None
+    store = call.svc.store
+    profile = await store.profile(
+        project.project_id, subject.values[0], await store.project_sealer(project.project_id)
     )
     if profile is None:
         raise NotFound("no such user")
@@ -201,7 +205,7 @@ async def get_user(request: Request, call: Call) -> Response:
 
 async def erase_events(call: Call, project: Project, subject: Subject) -> Response:
     store = call.svc.store
-    digest = await _subject_digest(call, project, subject)
+    digest = _subject_digest(await _project_crypto(call, project), subject)
     erasure_id = uuid.uuid4()
     erased = await store.erase_subject(
         call.org_id,

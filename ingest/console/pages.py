@@ -486,8 +486,7 @@ class Console:
                 asked = since
             since = max(since, asked)
         store = services(request).store
-        crypto = await store.project_crypto(project.project_id)
-        sealer = crypto.sealer if crypto is not None else None
+        sealer = await store.project_sealer(project.project_id)
         events = [
             open_event(sealer, e)
             for e in await store.recent_events(project.project_id, since, LIVE_LIMIT)
@@ -576,8 +575,7 @@ class Console:
                 chosen=form.get("field"),
             )
         store = services(request).store
-        crypto = await store.project_crypto(project.project_id)
-        sealer = crypto.sealer if crypto is not None else None
+        sealer = await store.project_sealer(project.project_id)
         count = await store.count_events(
             project.project_id, subjects.COLUMNS[subject.kind], subject.values, sealer
         )

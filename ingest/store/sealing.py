@@ -125,6 +125,11 @@ class SealingMixin(StoreBase):
             row = await conn.fetchrow(_PROJECT_KEYS_OF_ORG, project_id, org_id)
         return None if row is None else crypto_of(self.keyring, row)
 
+    async def project_sealer(self, project_id: uuid.UUID) -> Sealer | None:
+        """What opens the project's sealed digests; None when it has none (or is gone)."""
+        crypto = await self.project_crypto(project_id)
+        return crypto.sealer if crypto is not None else None
+
     async def project_key(self, org_id: uuid.UUID, project_id: uuid.UUID) -> bytes | None:
         """The project's pseudonym key (keyed digests of its subjects); None if missing."""
         crypto = await self.project_crypto(project_id, org_id)
