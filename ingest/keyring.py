@@ -53,6 +53,11 @@ _WRAP_AAD: Final = b"ingest project keys v1:"
 _KEY_BYTES: Final = 32
 
 
+def holds_digest(data: bytes) -> bool:
+    """Whether encoded JSON holds something a protected project seals."""
+    return _HEX_BYTES_RE.search(data) is not None
+
+
 class MasterKeyError(Exception):
     """The master key is missing or malformed; the message says how to provide one."""
 

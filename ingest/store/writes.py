@@ -12,7 +12,7 @@ import orjson
 
 from ingest import pseudonyms
 from ingest.events import COLUMNS, DEVICES, Row
-from ingest.keyring import Keyring, Sealer
+from ingest.keyring import Keyring, Sealer, holds_digest
 from ingest.pseudonyms import Kind
 from ingest.store._db import DIGEST_FIELDS, JSON_FIELDS, Connection
 from ingest.store.sealing import projects_crypto
@@ -119,8 +119,10 @@ class EventWrites:
             fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
             destinations = _destinations(claim)
             # Read inside the transaction, after the claim's shared subject lock: a crypto-shred
-            # that committed before it is seen, and one after it waits for this commit.
-            crypto = await projects_crypto(conn, self.keyring, sorted({r[0] for r in fresh}))
+            # that committed before it is seen, and one after it waits for this commit. Only for
+            # the projects of stored rows that hold a digest: most batches need no read at all.
+            sealing = {row[0] for row in rows if (row[0], row[2]) in fresh and _holds_digest(row)}
+            crypto = await projects_crypto(conn, self.keyring, sorted(sealing)) if sealing else {}
             fates: list[Fate] = []
             records: list[Row] = []
             outbox: list[Row] = []
@@ -177,6 +179,12 @@ class EventWrites:
                     positions.append(position)
                     digests.append(pseudonyms.digest(key, kind, value))
         return projects, positions, digests
+
+
+def _holds_digest(row: Row) -> bool:
+    return any(row[i] is not None for i in _DIGEST_POSITIONS) or any(
+        holds_digest(row[i]) for i in _JSON_POSITIONS
+    )
 
 
 def _sealed(row: Row, sealer: Sealer) -> Row:
