@@ -255,7 +255,7 @@ class Console:
                     else "That key is not a working secret key. Check it and try again."
                 ),
             )
-        token, _ = await open_session(svc, key)
+        token = await open_session(svc, key)
         response = RedirectResponse("/console/projects", status_code=303)
         set_cookie(request, response, token, svc.settings.console_max_s)
         return response
@@ -459,8 +459,6 @@ class Console:
     ) -> Response:
         path = f"/v1/keys/{request.path_params['key_id']}"
         answer, context = await self._key_action(request, visit, form, *_key_change(path, form))
-        if answer.status == 409 and answer.problem.get("created") is None:
-            context["problem"] = answer.problem
         return await self.org_keys(request, visit, form, status=answer.status, **context)
 
     # -- live events -----------------------------------------------------------------------

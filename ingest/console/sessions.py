@@ -124,14 +124,14 @@ async def current_visit(request: Request, svc: Services) -> Visit | None:
     return Visit(session, key, digest)
 
 
-async def open_session(svc: Services, key: KeyRecord) -> tuple[str, str]:
-    """A new session for ``key``: (cookie value, CSRF token)."""
+async def open_session(svc: Services, key: KeyRecord) -> str:
+    """A new session for ``key``; the cookie value that names it."""
     token = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(32)
     await svc.store.open_session(
         session_digest(token), key.org_id, key.key_id, csrf, svc.settings.console_idle_s
     )
-    return token, csrf
+    return token
 
 
 def set_cookie(request: Request, response: Response, token: str, max_age: float) -> None:
@@ -189,7 +189,3 @@ class SignInThrottle:
 
 
 ConsoleHandler = Callable[[Request, Visit, dict[str, str]], Awaitable[Response]]
-
-
-def svc_of(request: Request) -> Services:
-    return services(request)
