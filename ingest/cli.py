@@ -197,10 +197,7 @@ def _master_key(settings: Settings) -> Settings:
     configured, the embedded Postgres's default: a key file beside its data, made once."""
     if settings.master_key is None and settings.master_key_file is None:
         if settings.database_url is not None:
-            try:
-                keyring.load(None, None)
-            except keyring.MasterKeyError as exc:
-                raise CommandError(f"{exc} (INGEST_DATABASE_URL is set)") from None
+            raise CommandError(f"{keyring.NO_MASTER_KEY} (INGEST_DATABASE_URL is set)")
         path = settings.data_dir / "master.key"
         if keyring.create_key_file(path):
             log.warning(

@@ -58,6 +58,14 @@ def holds_digest(data: bytes) -> bool:
     return _HEX_BYTES_RE.search(data) is not None
 
 
+NO_MASTER_KEY: Final = (
+    "no master key: set INGEST_MASTER_KEY (32 bytes as hex or base64; "
+    "`ingest admin new-master-key` prints one) or INGEST_MASTER_KEY_FILE. It wraps every "
+    "project's keys and is never stored in the database: keep it apart from the "
+    "database's backups, and give every host the same one"
+)
+
+
 class MasterKeyError(Exception):
     """The master key is missing or malformed; the message says how to provide one."""
 
@@ -265,9 +273,4 @@ def load(
         return Keyring(parse_master_key(master_key), older)
     if master_key_file is not None:
         return Keyring(read_key_file(master_key_file), older)
-    raise MasterKeyError(
-        "no master key: set INGEST_MASTER_KEY (32 bytes as hex or base64; "
-        "`ingest admin new-master-key` prints one) or INGEST_MASTER_KEY_FILE. It wraps every "
-        "project's keys and is never stored in the database: keep it apart from the "
-        "database's backups, and give every host the same one"
-    )
+    raise MasterKeyError(NO_MASTER_KEY)

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,15 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_MASTER_KEY
-
-INGEST = [sys.executable, "-m", "ingest.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.live import INGEST, free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -48,7 +39,7 @@ def serve() -> Iterator[Any]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [*INGEST, "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,11 @@ from ingest.cli import _create_org
 from ingest.config import Settings
 from ingest.events import COLUMNS
 from tests.conftest import TEST_MASTER_KEY
+from tests.live import free_port
 
 EVENTS = 100_000
 USER = "heavy-user"
 MAX_GROWTH_BYTES = 50 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rss_bytes(pid: int) -> int:
@@ -57,7 +50,7 @@ def server(db_dsn: str, geoip_db: Path, tmp_path: Path) -> Iterator[tuple[int, s
         INGEST_WORKERS="1",
         INGEST_LOG_LEVEL="warning",
     )
-    port = _free_port()
+    port = free_port()
     # Its output goes to a file: a pipe nobody reads would block the server once full.
     with (tmp_path / "serve.log").open("w") as log:
         proc = subprocess.Popen(
