@@ -48,6 +48,11 @@ _SEALED_BYTES_RE: Final = re.compile(rb"enc:[A-Za-z0-9_-]{64}")
 # string, a JSON key, or a digest that replaced a phone number inside a text).
 _HEX_BYTES_RE: Final = re.compile(rb"(?<![0-9A-Za-z])[0-9a-f]{64}(?![0-9A-Za-z])")
 _HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
+# The regex above tries every position of a text: run it only on texts where a 64-long run of
+# lower-case hex exists, found by mapping hex to "x" and the rest to " " (both loops in C, ten
+# times faster than the regex on an event's context).
+_HEX_MAP: Final = bytes(ord("x") if chr(b) in "0123456789abcdef" else ord(" ") for b in range(256))
+_HEX_RUN: Final = b"x" * 64
 _WRAP_VERSION: Final = b"\x01"
 _WRAP_AAD: Final = b"ingest project keys v1:"
 _KEY_BYTES: Final = 32
@@ -55,7 +60,11 @@ _KEY_BYTES: Final = 32
 
 def holds_digest(data: bytes) -> bool:
     """Whether encoded JSON holds something a protected project seals."""
-    return _HEX_BYTES_RE.search(data) is not None
+    return _may_hold_digest(data) and _HEX_BYTES_RE.search(data) is not None
+
+
+def _may_hold_digest(data: bytes) -> bool:
+    return len(data) >= 64 and _HEX_RUN in data.translate(_HEX_MAP)
 
 
 NO_MASTER_KEY: Final = (
@@ -140,7 +149,7 @@ class Keyring:
             raise MasterKeyError("a master key must be 32 bytes")
         self.current_id = key_id(master)
         self._aeads = {key_id(k): AESGCM(k) for k in (*previous, master)}
-        self._sealers: dict[bytes, Sealer] = {}
+        self._sealers: dict[tuple[uuid.UUID, bytes], Sealer] = {}
 
     def wrap(self, project_id: uuid.UUID, keys: ProjectKeys) -> bytes:
         nonce = secrets.token_bytes(12)
@@ -165,11 +174,14 @@ class Keyring:
         return ProjectKeys(plain[:_KEY_BYTES], plain[_KEY_BYTES:])
 
     def sealer(self, project_id: uuid.UUID, wrapped: bytes) -> Sealer:
-        found = self._sealers.get(wrapped)
+        # Keyed by the project too: the wrap is bound to it, so another project's copy of the
+        # same bytes must fail to unwrap, not find this one.
+        cached = (project_id, wrapped)
+        found = self._sealers.get(cached)
         if found is None:
             if len(self._sealers) > 10_000:
                 self._sealers.clear()
-            found = self._sealers[wrapped] = Sealer(self.unwrap(project_id, wrapped))
+            found = self._sealers[cached] = Sealer(self.unwrap(project_id, wrapped))
         return found
 
 
@@ -217,12 +229,14 @@ class Sealer:
     # -- in stored values --------------------------------------------------------------------
 
     def seal_optional(self, value: str | None) -> str | None:
-        return self.seal(value) if value is not None and _HEX_RE.fullmatch(value) else value
+        if value is None or len(value) != 64 or not _HEX_RE.fullmatch(value):
+            return value
+        return self.seal(value)
 
     def seal_json(self, data: bytes) -> bytes:
         """Encoded JSON with every stand-alone lower-case hex SHA-256 sealed (values, keys, and
         digests inside texts); unchanged, and not copied, when it holds none."""
-        if not _HEX_BYTES_RE.search(data):
+        if not _may_hold_digest(data) or not _HEX_BYTES_RE.search(data):
             return data
         return _HEX_BYTES_RE.sub(lambda m: self.seal(m[0].decode()).encode(), data)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -320,7 +319,7 @@ def _loads(raw: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # The position only: orjson's message can quote the offending input.
         raise InvalidJSON(f"the body is not valid JSON (at byte {exc.pos})") from None
-    if _LONG_NUMBER.search(raw):
+    if _LONG_DIGITS in raw.translate(_DIGIT_MAP):
         # orjson reads integers beyond 64 bits as floats, silently rounding them. Such bodies
         # are rare: re-read them exactly, so the event holding one is refused, not corrupted.
         try:
@@ -330,7 +329,11 @@ def _loads(raw: bytes) -> Any:
     return doc
 
 
-_LONG_NUMBER: Final = re.compile(rb"\d{19,}")
+# 19 digits in a row somewhere in the body (a string's too: this only decides whether to re-read
+# exactly). Found by mapping digits to "d" and the rest to " ", then a substring search: both run
+# in C, about 15 times faster than the regex \d{19,} over a batch, which cost more than the parse.
+_DIGIT_MAP: Final = bytes(ord("d") if b in b"0123456789" else ord(" ") for b in range(256))
+_LONG_DIGITS: Final = b"d" * 19
 
 
 def _refuse_constant(name: str) -> None:

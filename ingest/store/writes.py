@@ -121,7 +121,9 @@ class EventWrites:
             # Read inside the transaction, after the claim's shared subject lock: a crypto-shred
             # that committed before it is seen, and one after it waits for this commit. Only for
             # the projects of stored rows that hold a digest: most batches need no read at all.
-            sealing = {row[0] for row in rows if (row[0], row[2]) in fresh and _holds_digest(row)}
+            # The rows to seal: most hold no digest at all and are stored as they are.
+            digested = {i for i, row in enumerate(rows) if _holds_digest(row)}
+            sealing = {rows[i][0] for i in digested if (rows[i][0], rows[i][2]) in fresh}
             crypto = await projects_crypto(conn, self.keyring, sorted(sealing)) if sealing else {}
             fates: list[Fate] = []
             records: list[Row] = []
@@ -133,7 +135,7 @@ class EventWrites:
                 elif key in fresh:
                     fresh.discard(key)  # a second copy inside the same batch is a duplicate
                     fates.append(Fate.STORED)
-                    found = crypto.get(row[0])
+                    found = crypto.get(row[0]) if index in digested else None
                     sealer = found.seals if found is not None else None
                     record = row[:DEVICES] if sealer is None else _sealed(row, sealer)
                     records.append(record)

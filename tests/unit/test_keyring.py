@@ -136,3 +136,16 @@ def test_the_seal_is_aes_256_ctr_under_an_hmac_synthetic_iv() -> None:
     ctr = Cipher(algorithms.AES(enc), modes.CTR(b"\xff" * 16)).encryptor()
     stream = ctr.update(bytes(32)) + ctr.finalize()
     assert sealer._keystream(b"\xff" * 16) == int.from_bytes(stream, "big")
+
+
+def test_holds_digest_finds_exactly_the_stand_alone_hex_digests() -> None:
+    assert keyring.holds_digest(orjson.dumps({"email": DIGEST}))
+    assert keyring.holds_digest(f"call {DIGEST}".encode())
+    for without in (
+        DIGEST[:63],  # one short
+        DIGEST + "0",  # part of a longer hex run
+        "x" + DIGEST,  # glued to a letter
+        DIGEST.upper(),
+        "",
+    ):
+        assert not keyring.holds_digest(orjson.dumps({"v": without})), without
