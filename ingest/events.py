@@ -107,6 +107,10 @@ _PHONE_LIKE: Final = re.compile(r"[0-9]{7,15}")
 _ZERO_AD_ID: Final = "00000000-0000-0000-0000-000000000000"
 # Property keys repeat across events (the same SDK sends the same keys): normalise each once.
 _normalize_key: Final = functools.lru_cache(maxsize=8192)(pii.normalize_key)
+# Longer strings are rarely repeated (free text): not worth remembering, and the bound keeps
+# the memory of _Plain small (at most 50,000 of each).
+_PLAIN_KEY_CHARS: Final = 128
+_PLAIN_VALUE_CHARS: Final = 256
 _IPV6_CHARS: Final = re.compile(r"^[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]+)?$")
 
 
@@ -186,6 +190,7 @@ class EventParser:
     def __init__(self, limits: Limits, lookup: Callable[[IPAddress], GeoResult | None]) -> None:
         self.limits = limits
         self._lookup = lookup
+        self._plain = _Plain()
 
     def parse(self, items: list[Any], source: Source, *, sent_at: Any = None) -> Parsed:
         """``sent_at`` is the batch-level one (Segment batches carry it beside ``batch``)."""
@@ -274,7 +279,9 @@ class EventParser:
                 geo = self._lookup(ip)
 
         found = _Found()
-        scrub = _Scrubber(source.default_country, lim.max_depth, index, warnings, found)
+        scrub = _Scrubber(
+            source.default_country, lim.max_depth, index, warnings, found, self._plain
+        )
         scrub.walk_object(traits, "traits", rank=0)
         device = context.get("device")
         if isinstance(device, dict):
@@ -430,10 +437,44 @@ class _Found:
         return orjson.dumps(devices) if devices else None
 
 
+class _Plain:
+    """Keys and string values already seen to pass the scrubber unchanged, whatever the
+    project's country: events of one app repeat the same keys and most of the same values
+    (library, locale, user agent, page), and a set lookup is cheaper than the checks. Only in
+    memory, bounded, and never anything the scrubber hashes or drops."""
+
+    __slots__ = ("keys", "values")
+
+    _MAX: Final = 50_000
+
+    def __init__(self) -> None:
+        # A plain key and its normalized form (one that is not an email, phone, IP or device
+        # id key: those always take the full path).
+        self.keys: dict[str, str] = {}
+        self.values: set[str] = set()
+
+    def add_key(self, key: str, nkey: str) -> None:
+        if len(self.keys) >= self._MAX:
+            self.keys.clear()
+        self.keys[key] = nkey
+
+    def add_value(self, value: str) -> None:
+        # Only values no country-dependent branch could have touched (phone numbers in text,
+        # emails): for those, "unchanged" might not hold for another project.
+        if "@" in value or "%40" in value or "+" in value or "(" in value:
+            return
+        if len(self.values) >= self._MAX:
+            self.values.clear()
+        self.values.add(value)
+
+
+_PII_KEYS: Final = pii.EMAIL_KEYS | pii.PHONE_KEYS
+
+
 class _Scrubber:
     """One pass over a JSON tree: depth and U+0000 checks, PII hashed in place, IPs dropped."""
 
-    __slots__ = ("country", "found", "index", "max_depth", "warnings")
+    __slots__ = ("country", "found", "index", "max_depth", "plain", "warnings")
 
     def __init__(
         self,
@@ -442,46 +483,79 @@ class _Scrubber:
         index: int,
         warnings: list[Issue],
         found: _Found,
+        plain: _Plain | None = None,
     ) -> None:
         self.country = country
         self.max_depth = max_depth
         self.index = index
         self.warnings = warnings
         self.found = found
+        self.plain = plain if plain is not None else _Plain()
 
     def walk_object(self, obj: dict[str, Any], path: str, rank: int, depth: int = 1) -> None:
         if depth > self.max_depth:
             raise _Reject("too_deep", path, f"nesting is deeper than {self.max_depth} levels")
+        plain_keys = self.plain.keys
+        plain_values = self.plain.values
         for key in list(obj):
             value = obj[key]
+            nkey = plain_keys.get(key)
+            if nkey is not None:
+                # A key seen before: not PII, not an IP or device id key.
+                if type(value) is str:
+                    if value not in plain_values:
+                        replaced = self._string(value, nkey, path, key, rank if depth == 1 else 9)
+                        if replaced is None:
+                            del obj[key]
+                        elif replaced is not value:
+                            obj[key] = replaced
+                        elif len(value) <= _PLAIN_VALUE_CHARS:
+                            self.plain.add_value(value)
+                elif isinstance(value, dict):
+                    self.walk_object(value, f"{path}.{key}", 9, depth + 1)
+                elif isinstance(value, list):
+                    self.walk_list(value, f"{path}.{key}", nkey, depth + 1)
+                continue
             new_key = self._key(key, path)
             if new_key is None:
                 del obj[key]
                 continue
-            if new_key is not key:
+            unchanged = new_key is key
+            if not unchanged:
                 del obj[key]
                 obj[new_key] = value
                 key = new_key
             nkey = _normalize_key(key)
-            child = f"{path}.{key}"
             if nkey in _IP_KEYS:
                 del obj[key]
-            elif nkey in _DEVICE_ID_KEYS:
+                continue
+            if nkey in _DEVICE_ID_KEYS:
                 self.found.device(_DEVICE_ID_KEYS[nkey], value)
                 del obj[key]
-            elif isinstance(value, str):
-                replaced = self._string(value, nkey, child, rank if depth == 1 else 9)
+                continue
+            if (
+                unchanged
+                and len(key) <= _PLAIN_KEY_CHARS
+                and nkey not in _PII_KEYS
+                and "@" not in key
+                and "%40" not in key
+            ):
+                # _key hashes or drops every key it finds PII in, whatever the country: one it
+                # left alone is plain for every project.
+                self.plain.add_key(key, nkey)
+            if isinstance(value, str):
+                replaced = self._string(value, nkey, path, key, rank if depth == 1 else 9)
                 if replaced is None:
                     del obj[key]
                 elif replaced is not value:
                     obj[key] = replaced
             elif isinstance(value, dict):
-                self.walk_object(value, child, 9, depth + 1)
+                self.walk_object(value, f"{path}.{key}", 9, depth + 1)
             elif isinstance(value, list):
-                self.walk_list(value, child, nkey, depth + 1)
+                self.walk_list(value, f"{path}.{key}", nkey, depth + 1)
             elif nkey in pii.PHONE_KEYS and _is_whole_number(value):
                 # Phones sent as JSON numbers (15550100 or 15550100.0) are still phones.
-                replaced = self._string(str(int(value)), nkey, child, rank if depth == 1 else 9)
+                replaced = self._string(str(int(value)), nkey, path, key, rank if depth == 1 else 9)
                 if replaced is None:
                     del obj[key]
                 else:
@@ -492,7 +566,7 @@ class _Scrubber:
             raise _Reject("too_deep", path, f"nesting is deeper than {self.max_depth} levels")
         for i, value in enumerate(items):
             if isinstance(value, str):
-                items[i] = self._string(value, nkey, f"{path}[{i}]", 9)
+                items[i] = self._string(value, nkey, path, f"[{i}]", 9)
             elif isinstance(value, dict):
                 self.walk_object(value, f"{path}[{i}]", 9, depth + 1)
             elif isinstance(value, list):
@@ -515,15 +589,25 @@ class _Scrubber:
             return None  # a map keyed by client address
         return key
 
-    def _string(self, value: str, nkey: str, path: str, rank: int) -> str | None:
-        """The value to store instead of ``value``; None drops it."""
+    def _string(self, value: str, nkey: str, parent: str, key: str, rank: int) -> str | None:
+        """The value to store instead of ``value`` (at ``key`` of ``parent``, or at an index
+        ``[i]`` of it); None drops it."""
         if "\x00" in value:
-            raise _Reject("nul_character", path, "a string contains U+0000, which Postgres refuses")
+            raise _Reject(
+                "nul_character",
+                _at(parent, key),
+                "a string contains U+0000, which Postgres refuses",
+            )
         if nkey in pii.EMAIL_KEYS:
             email = pii.hash_email(value)
             if email is None:
                 self.warnings.append(
-                    Issue(self.index, "email_invalid", path, "not an email address; dropped")
+                    Issue(
+                        self.index,
+                        "email_invalid",
+                        _at(parent, key),
+                        "not an email address; dropped",
+                    )
                 )
                 return None
             self._found_email(email, rank)
@@ -535,7 +619,7 @@ class _Scrubber:
                     Issue(
                         self.index,
                         "phone_unmatchable",
-                        path,
+                        _at(parent, key),
                         "the phone number could not be normalized (a national number needs the "
                         "project's default country); no digest stored",
                     )
@@ -571,6 +655,12 @@ class _Scrubber:
     def _found_phone(self, phone: pii.PhoneDigest, rank: int) -> None:
         if rank < self.found.phone_rank:
             self.found.phone, self.found.phone_rank = phone, rank
+
+
+def _at(parent: str, key: str) -> str:
+    """The path of ``key`` (or of an index ``[i]``) in ``parent``, as warnings name fields.
+    Built only for a warning or a refusal: most values never need one."""
+    return f"{parent}{key}" if key[:1] == "[" else f"{parent}.{key}"
 
 
 def _is_whole_number(value: Any) -> bool:

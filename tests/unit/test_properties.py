@@ -168,3 +168,35 @@ def test_a_phone_digest_is_stable_under_its_own_normal_form(country: str | None,
         normalized = pii.normalize_phone(text, country)
         assert normalized is not None
         assert pii.hash_phone("+" + normalized, None) == digest
+
+
+def test_keys_and_values_remembered_as_plain_still_let_no_pii_through() -> None:
+    """The parser remembers keys and values that passed unchanged (events repeat them): a
+    later event with PII under those keys, or another project's country, is scrubbed the same."""
+    parser = EventParser(Limits.from_settings(Settings()), lambda ip: None)
+    no_country = Source(
+        project_id=uuid.UUID(int=2),
+        default_country=None,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+        peer_geo=None,
+    )
+
+    def props(source: Source, **values: Any) -> dict[str, Any]:
+        event = {"type": "track", "event": "E", "user_id": "u", "properties": values}
+        parsed = parser.parse([event], source)
+        assert not parsed.rejected
+        stored: dict[str, Any] = orjson.loads(parsed.rows[0][17])
+        return stored
+
+    plain = {"note": "hello", "version": "5.2.0", "code": "tel-free"}
+    assert props(SOURCE, **plain) == plain
+    assert props(SOURCE, **plain) == plain  # now remembered: still stored as sent
+    email = pii.hash_email("cnry.prop@example.test")
+    assert email is not None
+    assert props(SOURCE, note="cnry.prop@example.test")["note"] == email.sha256
+    for source in (SOURCE, no_country):
+        for phone in ("+44 20 7946 0142", "(415) 555-0142"):
+            stored = orjson.dumps(props(source, note=f"call {phone}", version=phone)).decode()
+            assert "7946" not in stored, stored
+            assert "555-0142" not in stored, stored
+    assert props(SOURCE, **{"192.0.2.142": "x", "note": "hello"}) == {"note": "hello"}
