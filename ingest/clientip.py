@@ -5,6 +5,7 @@ The address is used for one GeoIP lookup and then dropped; nothing here stores o
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -14,8 +15,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _parse(value: str) -> IPAddress | None:
+    return _parse_cached(value.strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(value: str) -> IPAddress | None:
+    # Cached: the same few peers (a load balancer, an app's servers) send most requests, and
+    # ipaddress parses in Python. Process memory only, like the GeoIP cache beside it.
     try:
-        ip = ipaddress.ip_address(value.strip())
+        ip = ipaddress.ip_address(value)
     except ValueError:
         return None
     # A server listening on :: sees IPv4 clients as ::ffff:a.b.c.d; compare them as IPv4.

@@ -209,9 +209,13 @@ async def store_events(request: Request, svc: Services, parsed: Parsed) -> Tally
             suppressed += 1
     accepted = len(outcomes) - (len(rejected) - len(parsed.rejected))
     m = svc.metrics
-    m.events_accepted.inc(accepted)
-    m.events_duplicate.inc(duplicates)
-    m.events_suppressed.inc(suppressed)
+    # Only what changed: with several workers every increment is a write to a shared file.
+    if accepted:
+        m.events_accepted.inc(accepted)
+    if duplicates:
+        m.events_duplicate.inc(duplicates)
+    if suppressed:
+        m.events_suppressed.inc(suppressed)
     _count_rejected(m, rejected)
     for warning in parsed.warnings:
         m.events_warnings.labels(code=warning.code).inc()
