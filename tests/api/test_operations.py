@@ -124,3 +124,61 @@ async def test_client_chosen_methods_never_become_label_values_or_log_text(
     assert "14155550100" not in text
     assert 'method="OTHER"' in text
     assert "14155550100" not in log_stream.getvalue().decode()
+
+
+class TestWriteRoutesFastPath:
+    """The SDK write routes skip Starlette's router (ingest/fastpath.py): what operators see of
+    them must not change."""
+
+    async def test_a_bug_in_a_write_route_is_a_500_problem_logged_by_type_only(
+        self,
+        app: Any,
+        write_key: str,
+        log_stream: io.BytesIO,
+        monkeypatch: Any,
+    ) -> None:
+        from ingest.events import EventParser
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("cnry.bug@example.com")
+
+        monkeypatch.setattr(EventParser, "parse", broken)
+        transport = httpx.ASGITransport(
+            app=app, client=("127.0.0.1", 40000), raise_app_exceptions=False
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as c:
+            r = await c.post(
+                "/v1/events", json={"event": "x", "user_id": "u"}, headers=bearer(write_key)
+            )
+        assert r.status_code == 500
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == 500
+        lines = _lines(log_stream)
+        [error] = [x for x in lines if x.get("event") == "unhandled_error"]
+        assert error["error"] == "RuntimeError"
+        [line] = [
+            x
+            for x in lines
+            if x.get("event") == "request_finished" and x.get("route") == "/v1/events"
+        ]
+        assert line["status"] == 500
+        assert "cnry.bug" not in log_stream.getvalue().decode()
+
+    async def test_segment_routes_are_named_by_their_template_with_cors_and_request_id(
+        self, client: httpx.AsyncClient, write_key: str, log_stream: io.BytesIO
+    ) -> None:
+        r = await client.post(
+            "/v1/track",
+            json={"event": "x", "userId": "u"},
+            headers={**bearer(write_key), "Origin": "https://shop.example"},
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "*"
+        [line] = [
+            x
+            for x in _lines(log_stream)
+            if x.get("event") == "request_finished" and x.get("route") == "/v1/track"
+        ]
+        assert line["request_id"] == r.headers["x-request-id"]
+        metrics = (await client.get("/metrics")).text
+        assert 'ingest_requests_total{method="POST",route="/v1/track",status="200"} 1.0' in metrics
