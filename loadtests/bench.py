@@ -964,7 +964,11 @@ PHASES: Final = (
     ("metrics (prometheus_client)", ("prometheus_client/",), False),
     ("handler, rest (post_events)", ("post_events (", "parse_events (", "read_json ("), False),
     ("request id, log line (RequestContext)", ("RequestContext.", "structlog/", "uuid"), True),
-    ("HTTP parsing, ASGI and middleware (uvicorn, starlette)", ("uvicorn/", "starlette/"), False),
+    (
+        "HTTP parsing, ASGI and middleware (uvicorn, starlette)",
+        ("uvicorn/", "starlette/", "FastWrites."),
+        False,
+    ),
 )
 
 

@@ -25,6 +25,7 @@ from ingest.geo import GeoResult
 from ingest.metrics import Metrics
 from ingest.problems import Unavailable
 from ingest.store import Store, create_pool
+from ingest.store.writes import SUBJECT_LOCK
 from ingest.writer import Outcome, Writer
 from tests.conftest import TEST_MASTER_KEY, bearer, client_for, keyring_for_tests
 
@@ -83,6 +84,34 @@ class TestGroupCommit:
         assert commits < 100 / 4
         assert sample(metrics, "ingest_write_batch_size_sum") == 200
         assert await conn.fetchval("SELECT count(*) FROM events") == 200
+
+    async def test_a_request_waits_for_a_stuck_commit_only_a_moment_not_for_its_end(
+        self, writer: Writer, db_dsn: str, conn: asyncpg.Connection
+    ) -> None:
+        """While one commit is in flight the next batch gathers a moment (a few ms at most),
+        then commits on the other connection: it never waits for the first to finish."""
+        other = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO projects (id, org_id, name) VALUES ($1, $2, 'q')", other, PROJECT
+        )
+        blocker = await asyncpg.connect(db_dsn)
+        try:
+            # An erasure's exclusive lock on PROJECT: its rows' commit waits on it.
+            await blocker.execute("BEGIN")
+            await blocker.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2::text))", SUBJECT_LOCK, str(PROJECT)
+            )
+            stuck = asyncio.create_task(writer.submit(rows(1)))
+            await asyncio.sleep(0.3)
+            assert not stuck.done()
+            free = [(other, *row[1:]) for row in rows(2)]
+            assert await asyncio.wait_for(writer.submit(free), timeout=2) == [Outcome.STORED] * 2
+            assert not stuck.done()
+        finally:
+            await blocker.execute("ROLLBACK")
+            await blocker.close()
+        assert await stuck == [Outcome.STORED]
+        assert await conn.fetchval("SELECT count(*) FROM events") == 3
 
     async def test_http_requests_are_coalesced_and_each_answered_after_commit(
         self,
