@@ -15,6 +15,15 @@ def _lines(stream: io.BytesIO) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
+def _request_lines(stream: io.BytesIO, route: str) -> list[dict[str, Any]]:
+    """The request lines logged for ``route`` (fixtures' own requests are logged too)."""
+    return [
+        x
+        for x in _lines(stream)
+        if x.get("event") == "request_finished" and x.get("route") == route
+    ]
+
+
 def _metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -80,11 +89,7 @@ class TestRequestLog:
             json={"batch": [{"event": "x", "user_id": "u"}, {"event": "x"}]},
             headers=bearer(write_key),
         )
-        [line] = [
-            x
-            for x in _lines(log_stream)
-            if x.get("event") == "request_finished" and x.get("route") == "/v1/events"
-        ]
+        [line] = _request_lines(log_stream, "/v1/events")
         assert line["request_id"] == r.headers["x-request-id"]
         assert line["org_id"] == org["org_id"]
         assert line["key_id"] == project["write_key"]["id"]
@@ -156,11 +161,7 @@ class TestWriteRoutesFastPath:
         lines = _lines(log_stream)
         [error] = [x for x in lines if x.get("event") == "unhandled_error"]
         assert error["error"] == "RuntimeError"
-        [line] = [
-            x
-            for x in lines
-            if x.get("event") == "request_finished" and x.get("route") == "/v1/events"
-        ]
+        [line] = _request_lines(log_stream, "/v1/events")
         assert line["status"] == 500
         assert "cnry.bug" not in log_stream.getvalue().decode()
 
@@ -174,11 +175,7 @@ class TestWriteRoutesFastPath:
         )
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "*"
-        [line] = [
-            x
-            for x in _lines(log_stream)
-            if x.get("event") == "request_finished" and x.get("route") == "/v1/track"
-        ]
+        [line] = _request_lines(log_stream, "/v1/track")
         assert line["request_id"] == r.headers["x-request-id"]
         metrics = (await client.get("/metrics")).text
         assert 'ingest_requests_total{method="POST",route="/v1/track",status="200"} 1.0' in metrics
