@@ -202,8 +202,14 @@ async def app(settings: Settings, metrics: Metrics, log_stream: io.BytesIO) -> A
         yield manager.app
 
 
-def client_for(app: Any, peer: str = "127.0.0.1") -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+def client_for(
+    app: Any, peer: str = "127.0.0.1", *, raise_errors: bool = True
+) -> httpx.AsyncClient:
+    """``raise_errors=False`` gives the answer of an app that failed (its 500) instead of raising
+    the exception the server would log."""
+    transport = httpx.ASGITransport(
+        app=app, client=(peer, 40000), raise_app_exceptions=raise_errors
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://ingest.test")
 
 

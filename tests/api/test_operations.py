@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.conftest import bearer
+from tests.conftest import bearer, client_for
 
 
 def _lines(stream: io.BytesIO) -> list[dict[str, Any]]:
@@ -148,10 +148,7 @@ class TestWriteRoutesFastPath:
             raise RuntimeError("cnry.bug@example.com")
 
         monkeypatch.setattr(EventParser, "parse", broken)
-        transport = httpx.ASGITransport(
-            app=app, client=("127.0.0.1", 40000), raise_app_exceptions=False
-        )
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest.test") as c:
+        async with client_for(app, raise_errors=False) as c:
             r = await c.post(
                 "/v1/events", json={"event": "x", "user_id": "u"}, headers=bearer(write_key)
             )
