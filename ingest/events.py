@@ -460,8 +460,13 @@ class _Plain:
 
     def add_value(self, value: str) -> None:
         # Only values no country-dependent branch could have touched (phone numbers in text,
-        # emails): for those, "unchanged" might not hold for another project.
-        if "@" in value or "%40" in value or "+" in value or "(" in value:
+        # emails): for those, "unchanged" might not hold for another project. A "+" or "("
+        # (user agents, prices, titles) leads to the phone checks, which depend on the country
+        # only once something looks like a number (a national one kept as it is without a
+        # country is hashed with one).
+        if "@" in value or "%40" in value:
+            return
+        if ("+" in value or "(" in value) and pii.mentions_phone(value):
             return
         if len(self.values) >= self._MAX:
             self.values.clear()

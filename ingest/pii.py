@@ -275,6 +275,15 @@ def redact_phones(text: str, default_country: str | None) -> str:
     return _EMBEDDED_PHONE.sub(replace, text)
 
 
+def mentions_phone(text: str) -> bool:
+    """Whether ``text``, as a whole or inside, holds something that looks like a phone number:
+    the only case in which the default country can change what the scrubber makes of a text
+    with no email in it (looks_like_phone itself knows no country)."""
+    return looks_like_phone(text) or any(
+        looks_like_phone(m.group()) for m in _EMBEDDED_PHONE.finditer(text)
+    )
+
+
 def looks_like_phone(value: str) -> bool:
     s = _strip_tel(value)
     # 15 digits with a separator between each is the longest plausible form.

@@ -6,6 +6,7 @@ and a raw email, phone or IP planted anywhere in the tree never survives into th
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -200,3 +201,14 @@ def test_keys_and_values_remembered_as_plain_still_let_no_pii_through() -> None:
             assert "7946" not in stored, stored
             assert "555-0142" not in stored, stored
     assert props(SOURCE, **{"192.0.2.142": "x", "note": "hello"}) == {"note": "hello"}
+    # Texts with "(" or "+" are remembered too when nothing in them looks like a number...
+    agent = {"ua": "Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0", "price": "+5% (est.)"}
+    for source in (no_country, SOURCE, no_country):
+        assert props(source, **agent) == agent
+    # ...but not one holding a number, which a project of one country keeps as sent (it is not
+    # a possible French number) and one of another hashes: the first must not teach the second.
+    french = dataclasses.replace(SOURCE, default_country="FR")
+    national = "call (415) 555-0142"
+    assert props(french, note=national) == {"note": national}
+    assert props(french, note=national) == {"note": national}
+    assert "555-0142" not in orjson.dumps(props(SOURCE, note=national)).decode()
