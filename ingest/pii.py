@@ -120,6 +120,7 @@ _NANP_PHONE = re.compile(
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15
 _MIN_LOOKS_LIKE_PHONE_DIGITS = 8
+_PHONE_FIRST = frozenset("+(0123456789tT")
 _E164 = phonenumbers.PhoneNumberFormat.E164
 _POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
 
@@ -285,6 +286,11 @@ def mentions_phone(text: str) -> bool:
 
 
 def looks_like_phone(value: str) -> bool:
+    # Every id the parser refuses PII in comes here: most are turned away by their first
+    # character (after spaces or "tel:", a phone starts with "+", "(" or a digit) or length.
+    first = value[:1]
+    if len(value) < 9 or (first not in _PHONE_FIRST and not first.isspace()):
+        return False
     s = _strip_tel(value)
     # 15 digits with a separator between each is the longest plausible form.
     if len(s) < 9 or len(s) > 40:

@@ -284,6 +284,9 @@ class TestPhone:
             "415.555.0100",
             "415 555 0100",
             "1-415-555-0100",
+            "  +1 415 555 0100 ",
+            "\u2003+44 20 7946 0958",  # any Unicode space before it
+            "TEL: (415) 555-0100",
         ],
     )
     def test_looks_like_phone(self, value: str) -> None:
@@ -313,6 +316,8 @@ class TestPhone:
             "415-555-010",
             "415/555/0100",
             "ext. 415-555-0100",
+            "x+1 415 555 0100",
+            "+1 (415) 55",
         ],
     )
     def test_not_looks_like_phone(self, value: str) -> None:
