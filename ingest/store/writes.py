@@ -61,6 +61,17 @@ _OUTBOX_COLUMNS: Final = ("project_id", "destination_id", *COLUMNS[1:], "devices
 # Where a protected project's rows hold digests: the four columns, and the JSON ones.
 _DIGEST_POSITIONS: Final = tuple(COLUMNS.index(c) for c in DIGEST_FIELDS)
 _JSON_POSITIONS: Final = tuple(COLUMNS.index(c) for c in JSON_FIELDS)
+# The same, as slices: both groups are adjacent columns (checked here), so that testing a row
+# for digests is one tuple comparison and one scan of its JSON joined (no hex run spans the
+# space between two columns), instead of seven Python-level steps.
+_DIGEST_SLICE: Final = slice(_DIGEST_POSITIONS[0], _DIGEST_POSITIONS[-1] + 1)
+_JSON_SLICE: Final = slice(_JSON_POSITIONS[0], _JSON_POSITIONS[-1] + 1)
+_NO_DIGESTS: Final = (None,) * len(_DIGEST_POSITIONS)
+if (
+    tuple(range(len(COLUMNS))[_DIGEST_SLICE]) != _DIGEST_POSITIONS
+    or tuple(range(len(COLUMNS))[_JSON_SLICE]) != _JSON_POSITIONS
+):
+    raise ImportError("events.COLUMNS: the digest and JSON columns must each be adjacent")
 _KEY_CACHE_MAX: Final = 100_000
 
 _SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
@@ -184,9 +195,7 @@ class EventWrites:
 
 
 def _holds_digest(row: Row) -> bool:
-    return any(row[i] is not None for i in _DIGEST_POSITIONS) or any(
-        holds_digest(row[i]) for i in _JSON_POSITIONS
-    )
+    return row[_DIGEST_SLICE] != _NO_DIGESTS or holds_digest(b" ".join(row[_JSON_SLICE]))
 
 
 def _sealed(row: Row, sealer: Sealer) -> Row:

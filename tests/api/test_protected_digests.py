@@ -119,10 +119,15 @@ async def test_projects_are_protected_by_default_and_their_dump_holds_no_digest(
             "context": {"traits": {"phone": PHONE}},
         }
     )
+    # A digest the client computed, in an event with no email or phone: only its JSON holds one.
+    client_sha = hashlib.sha256(b"client-side@example.test").hexdigest()
+    events.append(
+        {"type": "track", "event": "Ref", "userId": "u-ref", "properties": {"ref": client_sha}}
+    )
     await _send(client, project["write_key"]["key"], events)
     dump = await _dump(conn)
     digests = {r["sha256"] for r in rows} | {r.get("google_sha256") for r in rows} - {None}
-    digests |= {EMAIL_SHA, PHONE_SHA}
+    digests |= {EMAIL_SHA, PHONE_SHA, client_sha}
     leaked = sorted(d for d in digests if d and d in dump)
     assert leaked == [], "plain SHA-256 digests in the dump"
     assert "enc:" in dump
