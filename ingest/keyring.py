@@ -204,11 +204,21 @@ class Sealer:
         second = ((counter + 1) % (1 << 128)).to_bytes(16, "big")
         return int.from_bytes(self._blocks.update(iv + second), "big")
 
-    def seal(self, hex_digest: str) -> str:
+    def seal(self, hex_digest: str, memo: dict[str, str] | None = None) -> str:
+        """``hex_digest`` sealed. Deterministic (the IV is the digest's MAC), so ``memo``, a
+        dict that lives as long as one batch, lets a batch seal each distinct digest once: a
+        row repeats its digests (the email's in its column and in its traits)."""
+        if memo is not None:
+            found = memo.get(hex_digest)
+            if found is not None:
+                return found
         raw = bytes.fromhex(hex_digest)
         tag = hmac.digest(self._mac, raw, "sha256")[:16]
         body = (int.from_bytes(raw, "big") ^ self._keystream(tag)).to_bytes(32, "big")
-        return PREFIX + base64.urlsafe_b64encode(tag + body).decode().rstrip("=")
+        sealed = PREFIX + base64.urlsafe_b64encode(tag + body).decode().rstrip("=")
+        if memo is not None:
+            memo[hex_digest] = sealed
+        return sealed
 
     def open(self, sealed: str) -> str | None:
         """The hex SHA-256 inside ``sealed``; None when it was not sealed with this key."""
@@ -228,17 +238,17 @@ class Sealer:
 
     # -- in stored values --------------------------------------------------------------------
 
-    def seal_optional(self, value: str | None) -> str | None:
+    def seal_optional(self, value: str | None, memo: dict[str, str] | None = None) -> str | None:
         if value is None or len(value) != 64 or not _HEX_RE.fullmatch(value):
             return value
-        return self.seal(value)
+        return self.seal(value, memo)
 
-    def seal_json(self, data: bytes) -> bytes:
+    def seal_json(self, data: bytes, memo: dict[str, str] | None = None) -> bytes:
         """Encoded JSON with every stand-alone lower-case hex SHA-256 sealed (values, keys, and
         digests inside texts); unchanged, and not copied, when it holds none."""
         if not _may_hold_digest(data) or not _HEX_BYTES_RE.search(data):
             return data
-        return _HEX_BYTES_RE.sub(lambda m: self.seal(m[0].decode()).encode(), data)
+        return _HEX_BYTES_RE.sub(lambda m: self.seal(m[0].decode(), memo).encode(), data)
 
     def open_optional(self, value: str | None) -> str | None:
         """A stored digest column as partners get it: opened; a value this key did not seal

@@ -139,6 +139,7 @@ class EventWrites:
             fates: list[Fate] = []
             records: list[Row] = []
             outbox: list[Row] = []
+            memos: dict[uuid.UUID, dict[str, str]] = {}  # per project: digest -> sealed
             for index, row in enumerate(rows):
                 key = (row[0], row[2])
                 if index in dropped:
@@ -148,7 +149,11 @@ class EventWrites:
                     fates.append(Fate.STORED)
                     found = crypto.get(row[0]) if index in digested else None
                     sealer = found.seals if found is not None else None
-                    record = row[:DEVICES] if sealer is None else _sealed(row, sealer)
+                    record = (
+                        row[:DEVICES]
+                        if sealer is None
+                        else _sealed(row, sealer, memos.setdefault(row[0], {}))
+                    )
                     records.append(record)
                     for destination, types in destinations.get(row[0], ()):
                         if types is None or row[_TYPE] in types:
@@ -198,14 +203,15 @@ def _holds_digest(row: Row) -> bool:
     return row[_DIGEST_SLICE] != _NO_DIGESTS or holds_digest(b" ".join(row[_JSON_SLICE]))
 
 
-def _sealed(row: Row, sealer: Sealer) -> Row:
+def _sealed(row: Row, sealer: Sealer, memo: dict[str, str]) -> Row:
     """The row as a protected project stores it: every digest sealed, in its columns and in
-    its JSON (what suppression checks read is the plain row, before this)."""
+    its JSON (what suppression checks read is the plain row, before this). ``memo`` is the
+    batch's, for the project: each distinct digest is sealed once."""
     out = list(row[:DEVICES])
     for i in _DIGEST_POSITIONS:
-        out[i] = sealer.seal_optional(out[i])
+        out[i] = sealer.seal_optional(out[i], memo)
     for i in _JSON_POSITIONS:
-        out[i] = sealer.seal_json(out[i])
+        out[i] = sealer.seal_json(out[i], memo)
     return tuple(out)
 
 

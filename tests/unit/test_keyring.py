@@ -59,6 +59,11 @@ def test_json_seals_every_stand_alone_hex_digest_and_opens_back_exactly() -> Non
     assert back == doc
     plain = orjson.dumps({"a": "b"})
     assert sealer.seal_json(plain) is plain
+    # A batch's memo seals each distinct digest once, with the same result.
+    memo: dict[str, str] = {}
+    assert sealer.seal_json(orjson.dumps(doc), memo) == sealed
+    assert sealer.seal_optional(DIGEST, memo) == sealer.seal(DIGEST)
+    assert memo == {DIGEST: sealer.seal(DIGEST)}
 
 
 def test_open_optional_keeps_plain_values_and_drops_what_no_longer_opens() -> None:
