@@ -191,6 +191,9 @@ class EventParser:
         self.limits = limits
         self._lookup = lookup
         self._plain = _Plain()
+        # The limits as timedeltas, once: compared with each event's times.
+        self._skew_threshold = timedelta(seconds=limits.skew_threshold_s)
+        self._max_future = timedelta(seconds=limits.max_future_s)
 
     def parse(self, items: list[Any], source: Source, *, sent_at: Any = None) -> Parsed:
         """``sent_at`` is the batch-level one (Segment batches carry it beside ``batch``)."""
@@ -393,12 +396,12 @@ class EventParser:
             skew = received_at - sent_at
             # Below the threshold the difference is transit time, not a wrong clock: leave it,
             # so that events of one session keep their order.
-            if abs(skew.total_seconds()) > self.limits.skew_threshold_s:
+            if abs(skew) > self._skew_threshold:
                 try:
                     timestamp = client_ts + skew
                 except OverflowError:
                     timestamp = received_at
-        if timestamp > received_at + timedelta(seconds=self.limits.max_future_s):
+        if timestamp > received_at + self._max_future:
             warnings.append(
                 Issue(index, "timestamp_clamped", "timestamp", "in the future; set to received_at")
             )
@@ -749,6 +752,8 @@ def _parse_time(value: Any, name: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise _Reject("invalid_timestamp", name, f"{name} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is UTC:
+        return parsed  # "Z" or "+00:00", as SDKs send it: already what is stored
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)  # a time without an offset is taken as UTC
     try:
