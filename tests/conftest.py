@@ -31,7 +31,7 @@ from ingest.config import Secret, Settings
 from ingest.keyring import Keyring, parse_master_key
 from ingest.logs import configure_logging
 from ingest.metrics import Metrics
-from ingest.store import init_connection
+from ingest.store import init_connection, writes
 
 _counter = itertools.count()
 
@@ -45,6 +45,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def dsn_for(admin_dsn: str, dbname: str) -> str:
     parts = urlsplit(admin_dsn)
     return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(params=["one_statement", "copy"])
+def write_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on both of the writer's paths (store/writes.py): small batches in one
+    statement (sql/0009), the others by a transaction around a binary COPY. Modules about what
+    the writer stores use it: the two paths must agree on every fate, seal, profile and outbox
+    row."""
+    if request.param == "copy":
+        monkeypatch.setattr(writes, "ONE_STATEMENT_MAX", 0)
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,14 @@ class ProjectCrypto:
     pseudonym: bytes
     sealer: Sealer | None
     protected: bool
+    # The wrapped key material as stored (None while not wrapped yet): what a writer that
+    # sealed with these keys shows the database to prove they are still the project's.
+    wrapped: bytes | None = None
+
+    @property
+    def storage(self) -> str:
+        """projects.digest_storage."""
+        return "protected" if self.protected else "plain"
 
     @property
     def seals(self) -> Sealer | None:
@@ -102,8 +110,9 @@ def crypto_of(keyring: Keyring | None, row: asyncpg.Record) -> ProjectCrypto:
         return ProjectCrypto(bytes(row["pseudonym_key"]), None, protected)
     if keyring is None:
         raise MasterKeyError("this needs the master key (INGEST_MASTER_KEY)")
-    sealer = keyring.sealer(row["id"], bytes(row["sealed_keys"]))
-    return ProjectCrypto(sealer.keys.pseudonym, sealer, protected)
+    wrapped = bytes(row["sealed_keys"])
+    sealer = keyring.sealer(row["id"], wrapped)
+    return ProjectCrypto(sealer.keys.pseudonym, sealer, protected, wrapped)
 
 
 async def projects_crypto(

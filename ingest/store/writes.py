@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
+import asyncpg
 import orjson
 
 from ingest import pseudonyms
@@ -15,7 +16,7 @@ from ingest.events import COLUMNS, DEVICES, Row
 from ingest.keyring import Keyring, Sealer, holds_digest
 from ingest.pseudonyms import Kind
 from ingest.store._db import DIGEST_FIELDS, JSON_FIELDS, Connection
-from ingest.store.sealing import projects_crypto
+from ingest.store.sealing import ProjectCrypto, projects_crypto
 
 
 class Fate(StrEnum):
@@ -48,6 +49,21 @@ _SUBJECT_COLUMNS: Final = tuple(
 # deletion takes it exclusively for an instant (a barrier), see EventWrites.insert_events.
 SUBJECT_LOCK: Final = 7230010
 
+# Batches of at most this many rows are written by ingest_write_events (sql/0009) in one
+# statement and one round trip; larger ones by the transaction below, whose binary COPY costs
+# the service less per row. Read at each call: tests run both paths.
+ONE_STATEMENT_MAX = 64
+
+_WRITE_EVENTS: Final = """
+    SELECT kind, idx, project
+    FROM ingest_write_events($1::jsonb, $2::uuid[], $3::integer[], $4::bytea[], $5::uuid[],
+                             $6::bytea[], $7::text[], $8::integer)
+"""
+# ingest_write_events: a project's keys changed after the writer read them (a crypto-shred,
+# the service wrapping them, a change of digest storage); nothing was written.
+_KEYS_CHANGED: Final = "IGKEY"
+_CRYPTO_CACHE_MAX: Final = 10_000
+
 _CLAIM_EVENTS: Final = """
     SELECT kind, idx, project, message
     FROM ingest_claim_events($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[],
@@ -67,11 +83,14 @@ _JSON_POSITIONS: Final = tuple(COLUMNS.index(c) for c in JSON_FIELDS)
 _DIGEST_SLICE: Final = slice(_DIGEST_POSITIONS[0], _DIGEST_POSITIONS[-1] + 1)
 _JSON_SLICE: Final = slice(_JSON_POSITIONS[0], _JSON_POSITIONS[-1] + 1)
 _NO_DIGESTS: Final = (None,) * len(_DIGEST_POSITIONS)
+_FIRST_JSON: Final = _JSON_POSITIONS[0]
 if (
     tuple(range(len(COLUMNS))[_DIGEST_SLICE]) != _DIGEST_POSITIONS
     or tuple(range(len(COLUMNS))[_JSON_SLICE]) != _JSON_POSITIONS
 ):
     raise ImportError("events.COLUMNS: the digest and JSON columns must each be adjacent")
+if _JSON_SLICE.stop != len(COLUMNS):  # the layout ingest_batch_rows reads (sql/0009)
+    raise ImportError("events.COLUMNS: the JSON columns must come last")
 _KEY_CACHE_MAX: Final = 100_000
 
 _SUBJECT_BARRIER: Final = "SELECT pg_advisory_xact_lock($2::integer, hashtext($1::uuid::text))"
@@ -96,6 +115,8 @@ class EventWrites:
         self.keyring = keyring
         self._keys: dict[uuid.UUID, bytes] = {}
         self._suppressing: set[uuid.UUID] = set()
+        # The one-statement path's project keys, checked by the database at each use.
+        self._crypto: dict[uuid.UUID, ProjectCrypto] = {}
         # Called after a transaction that wrote outbox rows commits: the service's forwarder
         # wakes up instead of waiting for its next poll.
         self.on_outbox: Callable[[], None] | None = None
@@ -110,6 +131,10 @@ class EventWrites:
         committed and it has held the lock, every later claim sees them, and every earlier one
         has committed rows that the erasure's DELETE sees.
         """
+        if not rows:
+            return []
+        if len(rows) <= ONE_STATEMENT_MAX:
+            return await self._write_one_statement(conn, rows)
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
         async with conn.transaction():
@@ -169,6 +194,72 @@ class EventWrites:
             self.on_outbox()
         return fates
 
+    async def _write_one_statement(self, conn: Connection, rows: Sequence[Row]) -> list[Fate]:
+        """insert_events for a small batch: ingest_write_events does the claim, the insert, the
+        outbox and the profiles in one statement (sql/0009). The rows are sealed before it,
+        with keys kept from earlier batches; the statement refuses them if the keys changed
+        since, and they are read again."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        ordered = [rows[i] for i in order]
+        digested = [i for i, row in enumerate(ordered) if _holds_digest(row)]
+        while True:
+            crypto = await self._crypto_of(conn, {ordered[i][0] for i in digested})
+            records = ordered
+            if digested:
+                records = list(ordered)
+                memos: dict[uuid.UUID, dict[str, str]] = {}
+                for i in digested:
+                    row = ordered[i]
+                    found = crypto.get(row[0])
+                    sealer = found.seals if found is not None else None
+                    if sealer is not None:
+                        memo = memos.setdefault(row[0], {})
+                        records[i] = (*_sealed(row, sealer, memo), row[DEVICES])
+            projects = sorted(crypto)
+            try:
+                answer = await conn.fetch(
+                    _WRITE_EVENTS,
+                    _batch_json(records, order),
+                    *await self._digests(conn, ordered, range(len(ordered))),
+                    projects,
+                    [crypto[p].wrapped for p in projects],
+                    [crypto[p].storage for p in projects],
+                    SUBJECT_LOCK,
+                )
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate != _KEYS_CHANGED:
+                    raise
+                for project in projects:
+                    self._crypto.pop(project, None)
+                continue
+            need = {r["project"] for r in answer if r["kind"] == "need_digests"}
+            if not need:
+                break
+            self._suppressing |= need
+        fates = [Fate.DUPLICATE] * len(rows)
+        queued = False
+        for r in answer:
+            if r["kind"] == "stored":
+                fates[order[r["idx"] - 1]] = Fate.STORED
+            elif r["kind"] == "dropped":
+                fates[order[r["idx"] - 1]] = Fate.SUPPRESSED
+            elif r["kind"] == "outbox":
+                queued = True
+        if queued and self.on_outbox is not None:
+            self.on_outbox()
+        return fates
+
+    async def _crypto_of(
+        self, conn: Connection, projects: set[uuid.UUID]
+    ) -> dict[uuid.UUID, ProjectCrypto]:
+        """The keys of ``projects`` (those that exist), from memory when read before."""
+        missing = [p for p in projects if p not in self._crypto]
+        if missing:
+            if len(self._crypto) > _CRYPTO_CACHE_MAX:
+                self._crypto.clear()
+            self._crypto.update(await projects_crypto(conn, self.keyring, sorted(missing)))
+        return {p: self._crypto[p] for p in projects if p in self._crypto}
+
     async def _digests(
         self, conn: Connection, rows: Sequence[Row], order: Sequence[int]
     ) -> tuple[list[uuid.UUID], list[int], list[bytes]]:
@@ -197,6 +288,25 @@ class EventWrites:
                     positions.append(position)
                     digests.append(pseudonyms.digest(key, kind, value))
         return projects, positions, digests
+
+
+def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:
+    """ingest_write_events' rows (sql/0009): each row's columns, its device ids and its place in
+    arrival order, as one JSON array. Encoded JSON columns are embedded as they are; the
+    project id is written out (orjson takes only uuid.UUID itself, and asyncpg gives its own)."""
+    names: dict[uuid.UUID, str] = {}  # str(UUID) is Python code: once per project
+    return orjson.dumps(
+        [
+            [
+                names.get(row[0]) or names.setdefault(row[0], str(row[0])),
+                *row[1:_FIRST_JSON],
+                *map(orjson.Fragment, row[_JSON_SLICE]),
+                None if row[DEVICES] is None else orjson.Fragment(row[DEVICES]),
+                place,
+            ]
+            for row, place in zip(records, arrival, strict=True)
+        ]
+    )
 
 
 def _holds_digest(row: Row) -> bool:

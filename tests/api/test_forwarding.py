@@ -37,6 +37,9 @@ from ingest.metrics import Metrics
 from tests.api.test_privacy import pg_dump
 from tests.conftest import bearer, client_for, unseal
 
+# What the writer stores, on both of its paths (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("write_path")
+
 AD_ID = "AEBE52E7-03EE-455A-B3C4-E57283966239"
 GAID = "38400000-8cf0-11bd-b23e-10b96e40000d"
 IDFV = "7D8B1C36-9A3B-4C52-8E0F-0F1E2D3C4B5A"

@@ -32,6 +32,9 @@ from ingest.metrics import Metrics
 from tests.api.test_forwarding import Receiver, create_destination, eventually, serve
 from tests.conftest import TEST_MASTER_KEY, basic, bearer, client_for, new_id
 
+# What the writer stores, on both of its paths (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("write_path")
+
 VECTORS_PATH = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "pii.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 EMAIL = "Ada.Lovelace+crm@Example.com"
@@ -219,6 +222,24 @@ async def test_a_plain_project_stores_plain_sha256_as_it_chose(
     )
     assert r.status_code == 400
     assert r.json()["errors"][0]["field"] == "digest_storage"
+
+
+async def test_a_change_of_digest_storage_applies_to_the_next_event(
+    client: httpx.AsyncClient, secret_key: str, conn: asyncpg.Connection
+) -> None:
+    """The writer keeps each project's keys between batches: a change must not wait for it."""
+    project = await _project(client, secret_key)
+    key, path = project["write_key"]["key"], f"/v1/projects/{project['id']}"
+    stored = "SELECT email_sha256 FROM events WHERE user_id = $1"
+    for n, storage in enumerate(("protected", "plain", "protected", "plain")):
+        if n:
+            r = await client.patch(
+                path, json={"digest_storage": storage}, headers=bearer(secret_key)
+            )
+            assert r.status_code == 200, r.text
+        await _send(client, key, [_identify(EMAIL, userId=f"u-{n}")])
+        value = await conn.fetchval(stored, f"u-{n}")
+        assert value == EMAIL_SHA if storage == "plain" else value.startswith("enc:"), value
 
 
 async def test_forwards_carry_the_plain_sha256(

@@ -22,6 +22,9 @@ from ingest.config import Settings
 from ingest.metrics import Metrics
 from tests.conftest import basic, bearer, new_id
 
+# What the writer stores, on both of its paths (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("write_path")
+
 NDJSON = "application/x-ndjson"
 # The race (F3): concurrent posters, and the user's events in each batch one of them sends.
 POSTERS = 8
@@ -358,6 +361,43 @@ class TestCurrentState:
         assert [line["message_id"] for line in lines] == ["id-1", "tr-1", "id-2"]
         assert lines[0]["traits"] == {"plan": "free", "company": "Acme"}  # rectified, not rewritten
         assert lines[2]["traits"] == {"plan": "pro", "seats": 5}
+
+    async def test_identifies_of_one_batch_merge_in_arrival_order_and_a_duplicate_adds_nothing(
+        self, client: httpx.AsyncClient, secret_key: str, project: dict[str, Any], write_key: str
+    ) -> None:
+        # Message ids sort against arrival order: the merge must follow arrival, not the ids.
+        def identify(message_id: str, user_id: str, **traits: Any) -> dict[str, Any]:
+            return {
+                "type": "identify",
+                "user_id": user_id,
+                "message_id": message_id,
+                "traits": traits,
+            }
+
+        batch = [
+            identify("m-3", "u-9", plan="free", seats=1),
+            identify("m-1", "u-9", plan="pro"),
+            identify("m-0", "u-10", plan="team"),
+            identify("m-2", "u-9", seats=3),
+            identify("m-3", "u-9", plan="enterprise"),  # a copy of the first: a duplicate
+        ]
+        r = await client.post("/v1/events", json={"batch": batch}, headers=bearer(write_key))
+        assert r.status_code == 200, r.text
+        assert r.json()["duplicates"] == 1
+        states = {}
+        for user in ("u-9", "u-10"):
+            got = await client.get(
+                f"/v1/projects/{project['id']}/users/{user}", headers=bearer(secret_key)
+            )
+            assert got.status_code == 200, got.text
+            states[user] = got.json()["traits"]
+        assert states == {"u-9": {"plan": "pro", "seats": 3}, "u-10": {"plan": "team"}}
+        lines = await export_user(client, secret_key, project["id"], "u-9")
+        assert sorted(line["message_id"] for line in lines) == ["m-1", "m-2", "m-3"]
+        assert next(line for line in lines if line["message_id"] == "m-3")["traits"] == {
+            "plan": "free",
+            "seats": 1,
+        }
 
     async def test_a_user_known_only_by_events_has_empty_traits(
         self, client: httpx.AsyncClient, secret_key: str, project: dict[str, Any], write_key: str

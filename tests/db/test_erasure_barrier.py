@@ -27,6 +27,9 @@ from ingest.store import (
 )
 from tests.conftest import keyring_for_tests
 
+# What the writer stores, on both of its paths (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("write_path")
+
 
 def rows_for(project_id: uuid.UUID, user_id: str, n: int) -> list[Row]:
     parser = EventParser(Limits.from_settings(Settings()), lambda ip: None)

@@ -15,19 +15,24 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
 from ingest.app import create_app
 from ingest.config import Secret, Settings
-from ingest.events import EventParser, Limits, Row, Source
+from ingest.events import COLUMNS, EventParser, Limits, Row, Source
 from ingest.geo import GeoResult
 from ingest.metrics import Metrics
 from ingest.problems import Unavailable
 from ingest.store import Store, create_pool
+from ingest.store._db import JSON_FIELDS
 from ingest.store.writes import SUBJECT_LOCK
 from ingest.writer import Outcome, Writer
 from tests.conftest import TEST_MASTER_KEY, bearer, client_for, keyring_for_tests
+
+# What the writer stores, on both of its paths (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("write_path")
 
 PROJECT = uuid.uuid4()
 
@@ -149,6 +154,53 @@ class TestGroupCommit:
         assert await conn.fetchval(
             "SELECT to_regclass($1) IS NOT NULL", f"events_p{tomorrow:%Y%m%d}"
         )
+
+
+class TestEveryColumn:
+    async def test_each_column_is_stored_exactly_as_the_row_holds_it(
+        self, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """Both paths (tests/conftest.py write_path) put each value in its own column, texts
+        with quotes, backslashes, control characters and emoji as they are, times to the
+        microsecond."""
+        at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+        text = 'q"uote \\ back\\slash \t tab \n line \u00e9 \U0001f389'
+        row: Row = (
+            PROJECT,
+            at,
+            "m-every-column",
+            "identify",
+            f"event {text}",
+            f"user {text}",
+            "anon-1",
+            at - timedelta(seconds=1),
+            at - timedelta(seconds=2, microseconds=3),
+            at - timedelta(seconds=4),
+            "app-1",
+            "FR",
+            "IDF",
+            "a" * 64,
+            "b" * 64,
+            "c" * 64,
+            "d" * 64,
+            orjson.dumps({"p": text, "n": 1.5, "nested": {"list": [1, None, True]}}),
+            orjson.dumps({"t": text}),
+            orjson.dumps({"c": [text]}),
+            None,
+        )
+        assert await writer.submit([row]) == [Outcome.STORED]
+        # JSON as text: the test connection may decode it or not.
+        names = [f'"{c}"::text' if c in JSON_FIELDS else f'"{c}"' for c in COLUMNS]
+        stored = await conn.fetchrow(f"SELECT {', '.join(names)} FROM events")
+        assert stored is not None
+        json_at = COLUMNS.index("properties")
+        assert tuple(stored)[:json_at] == row[:json_at]
+        assert [orjson.loads(v) for v in tuple(stored)[json_at:]] == [
+            orjson.loads(v) for v in row[json_at : len(COLUMNS)]
+        ]
+        profile = await conn.fetchrow("SELECT traits::text, created_at FROM user_profiles")
+        assert profile is not None
+        assert (orjson.loads(profile["traits"]), profile["created_at"]) == ({"t": text}, at)
 
 
 class TestDeletedProjects:
