@@ -326,9 +326,19 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
     )
 
 
+def tune_gc() -> None:
+    """For a serving process. A request's parsed JSON and rows live until its commit, a few
+    milliseconds, long enough to survive CPython's default young collection (every 700 net
+    allocations) and be traversed again in the older ones: 10% of a worker's CPU under
+    100-event batches. Collecting the young generation every 10,000 lets most of them die
+    first (5% measured, 3-11% more events a second in three back-to-back pairs)."""
+    gc.set_threshold(10_000, 10, 10)
+
+
 def app_from_env() -> Starlette:
     """Factory for worker processes (``ingest serve --workers N``): each reads the environment
     that the parent process prepared, database URL included."""
+    tune_gc()
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)

@@ -485,7 +485,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 def _serve(settings: Settings) -> int:
     import uvicorn
 
-    from ingest.app import create_app
+    from ingest.app import create_app, tune_gc
 
     asyncio.run(_migrate(settings))
     _announce_geoip(settings)
@@ -524,6 +524,7 @@ def _serve(settings: Settings) -> int:
             )
             DrainingSupervisor(config, sockets=[config.bind_socket()]).run()
     else:
+        tune_gc()
         uvicorn.run(create_app(settings), **common)
     return 0
 
