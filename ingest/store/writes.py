@@ -64,10 +64,29 @@ _WRITE_EVENTS: Final = """
 _KEYS_CHANGED: Final = "IGKEY"
 _CRYPTO_CACHE_MAX: Final = 10_000
 
+# The claim of the COPY path. Its rows come as one JSON array of [project, message id,
+# received_at] (encoded in C; three array parameters cost asyncpg a Python-level check per
+# element), and instead of a 'claimed' row for each row it claimed (a batch's usual answer:
+# a thousand records to decode), it answers 'unclaimed' for the positions whose message id was
+# not claimed: the duplicates, usually none (and the dropped rows, which it names anyway).
 _CLAIM_EVENTS: Final = """
-    SELECT kind, idx, project, message
-    FROM ingest_claim_events($1::uuid[], $2::text[], $3::timestamptz[], $4::uuid[],
-                             $5::integer[], $6::bytea[], $7::integer)
+    WITH b AS MATERIALIZED (
+        SELECT (e.r->>0)::uuid AS p, e.r->>1 AS m, (e.r->>2)::timestamptz AS t, e.i::integer AS i
+        FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(r, i)
+    ), c AS MATERIALIZED (
+        SELECT *
+        FROM ingest_claim_events(ARRAY(SELECT b.p FROM b ORDER BY b.i),
+                                 ARRAY(SELECT b.m FROM b ORDER BY b.i),
+                                 ARRAY(SELECT b.t FROM b ORDER BY b.i),
+                                 $2::uuid[], $3::integer[], $4::bytea[], $5::integer)
+    )
+    SELECT c.kind, c.idx, c.project, c.message FROM c WHERE c.kind <> 'claimed'
+    UNION ALL
+    SELECT 'unclaimed', b.i, NULL::uuid, NULL::text
+    FROM b
+    WHERE NOT EXISTS (
+        SELECT 1 FROM c WHERE c.kind = 'claimed' AND c.project = b.p AND c.message = b.m
+    )
 """
 
 # The outbox holds a copy of the stored event (every column of events but the project, which
@@ -137,13 +156,13 @@ class EventWrites:
             return await self._write_one_statement(conn, rows)
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
+        names: dict[uuid.UUID, str] = {}
+        claimed = orjson.dumps([[_text(names, rows[i][0]), rows[i][2], rows[i][1]] for i in order])
         async with conn.transaction():
             while True:
                 claim = await conn.fetch(
                     _CLAIM_EVENTS,
-                    [rows[i][0] for i in order],
-                    [rows[i][2] for i in order],
-                    [rows[i][1] for i in order],
+                    claimed,
                     *await self._digests(conn, rows, order),
                     SUBJECT_LOCK,
                 )
@@ -152,25 +171,29 @@ class EventWrites:
                     break
                 self._suppressing |= need  # suppressions are kept until the project goes
             dropped = {order[r["idx"] - 1] for r in claim if r["kind"] == "dropped"}
-            fresh = {(r["project"], r["message"]) for r in claim if r["kind"] == "claimed"}
+            unclaimed = {order[r["idx"] - 1] for r in claim if r["kind"] == "unclaimed"}
             destinations = _destinations(claim)
             # Read inside the transaction, after the claim's shared subject lock: a crypto-shred
             # that committed before it is seen, and one after it waits for this commit. Only for
             # the projects of stored rows that hold a digest: most batches need no read at all.
             # The rows to seal: most hold no digest at all and are stored as they are.
             digested = {i for i, row in enumerate(rows) if _holds_digest(row)}
-            sealing = {rows[i][0] for i in digested if (rows[i][0], rows[i][2]) in fresh}
+            sealing = {rows[i][0] for i in digested if i not in dropped and i not in unclaimed}
             crypto = await projects_crypto(conn, self.keyring, sorted(sealing)) if sealing else {}
             fates: list[Fate] = []
             records: list[Row] = []
             outbox: list[Row] = []
             memos: dict[uuid.UUID, dict[str, str]] = {}  # per project: digest -> sealed
+            stored: set[tuple[uuid.UUID, str]] = set()
             for index, row in enumerate(rows):
                 key = (row[0], row[2])
                 if index in dropped:
                     fates.append(Fate.SUPPRESSED)
-                elif key in fresh:
-                    fresh.discard(key)  # a second copy inside the same batch is a duplicate
+                elif index in unclaimed or key in stored:
+                    # Claimed before, or a second copy inside the same batch.
+                    fates.append(Fate.DUPLICATE)
+                else:
+                    stored.add(key)
                     fates.append(Fate.STORED)
                     found = crypto.get(row[0]) if index in digested else None
                     sealer = found.seals if found is not None else None
@@ -183,8 +206,6 @@ class EventWrites:
                     for destination, types in destinations.get(row[0], ()):
                         if types is None or row[_TYPE] in types:
                             outbox.append((row[0], destination, *record[1:], row[DEVICES]))
-                else:
-                    fates.append(Fate.DUPLICATE)
             if records:
                 await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
                 await _update_profiles(conn, records)
@@ -292,13 +313,12 @@ class EventWrites:
 
 def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:
     """ingest_write_events' rows (sql/0009): each row's columns, its device ids and its place in
-    arrival order, as one JSON array. Encoded JSON columns are embedded as they are; the
-    project id is written out (orjson takes only uuid.UUID itself, and asyncpg gives its own)."""
-    names: dict[uuid.UUID, str] = {}  # str(UUID) is Python code: once per project
+    arrival order, as one JSON array. Encoded JSON columns are embedded as they are."""
+    names: dict[uuid.UUID, str] = {}
     return orjson.dumps(
         [
             [
-                names.get(row[0]) or names.setdefault(row[0], str(row[0])),
+                _text(names, row[0]),
                 *row[1:_FIRST_JSON],
                 *map(orjson.Fragment, row[_JSON_SLICE]),
                 None if row[DEVICES] is None else orjson.Fragment(row[DEVICES]),
@@ -307,6 +327,15 @@ def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:
             for row, place in zip(records, arrival, strict=True)
         ]
     )
+
+
+def _text(names: dict[uuid.UUID, str], project: uuid.UUID) -> str:
+    """A project id as JSON text. orjson writes only uuid.UUID itself, and asyncpg returns its
+    own subclass; str() is Python code, so once per project and batch (``names``)."""
+    found = names.get(project)
+    if found is None:
+        found = names[project] = str(project)
+    return found
 
 
 def _holds_digest(row: Row) -> bool:
