@@ -13,7 +13,7 @@ C. measures the raw binary COPY rate of equivalent rows (built by ``ingest.event
    from the same events the Lua script sends) into the same ``events`` table of the same
    database, from as many concurrent asyncpg connections, one transaction per COPY, with
    ``synchronous_commit`` on: 1 row per transaction and 100 rows per transaction; and, for the
-   diagnosis, ``EventWrites.insert_events`` (the service's own transaction: claim + COPY).
+   diagnosis, ``EventWrites.insert_events`` (the service's own write; claim + COPY at 100 rows).
 
 After every phase the rows in ``events`` must equal the events acknowledged; otherwise it prints
 MISMATCH and exits 1. It prints a table with events/s, latency percentiles, errors, rows, and
@@ -515,7 +515,7 @@ def describe_writer(before: dict[str, float], after: dict[str, float], seconds: 
     return (
         f"writer: {commits:,.0f} commits ({commits / seconds:,.0f}/s), "
         f"{delta('ingest_write_batch_size_sum') / commits:,.1f} events per commit, "
-        f"{1000 * delta('ingest_write_duration_seconds_sum') / commits:.1f} ms per COPY+commit, "
+        f"{1000 * delta('ingest_write_duration_seconds_sum') / commits:.1f} ms per commit, "
         f"{1000 * delta('ingest_write_wait_seconds_sum') / max(waited, 1):.1f} ms from "
         "queue to commit per request"
     )
@@ -838,7 +838,8 @@ async def copy_rate(
     """``connections`` connections, each writing ``batch`` rows per transaction for ``seconds``.
 
     mode "copy": one binary COPY per transaction (autocommit: the COPY is the transaction).
-    mode "store": ``EventWrites.insert_events``, the service's transaction (claim, then COPY).
+    mode "store": ``EventWrites.insert_events``, the service's write (at more than 64 rows a
+    transaction: claim, then COPY; at fewer, one statement).
     """
     conns = await asyncio.gather(
         *(asyncpg.connect(dsn, timeout=30) for _ in range(connections)), return_exceptions=True
@@ -944,7 +945,7 @@ def _package(function: str) -> str:
 PHASES: Final = (
     ("garbage collector (native frames only)", ("gc_collect",), False),
     (
-        "writer: EventWrites.insert_events (BEGIN, claim, COPY, COMMIT)",
+        "writer: EventWrites.insert_events (one statement; or BEGIN, claim, COPY, COMMIT)",
         ("EventWrites.insert_events",),
         False,
     ),
