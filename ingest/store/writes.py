@@ -1,7 +1,9 @@
-"""The writer's transaction: claim, suppression check, COPY and profile upsert per batch."""
+"""The writer's write of a batch: one statement for a small one (sql/0009), else a transaction
+of claim, suppression check, COPY and profile upsert."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -63,6 +65,7 @@ _WRITE_EVENTS: Final = """
 # the service wrapping them, a change of digest storage); nothing was written.
 _KEYS_CHANGED: Final = "IGKEY"
 _CRYPTO_CACHE_MAX: Final = 10_000
+_KEY_READS_MAX: Final = 5
 
 # The claim of the COPY path. Its rows come as one JSON array of [project, message id,
 # received_at] (encoded in C; three array parameters cost asyncpg a Python-level check per
@@ -223,7 +226,11 @@ class EventWrites:
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
         ordered = [rows[i] for i in order]
         digested = [i for i, row in enumerate(ordered) if _holds_digest(row)]
-        while True:
+        for attempt in itertools.count(1):
+            if attempt > _KEY_READS_MAX:
+                # Keys replaced again between each read and write: never seen unless something
+                # rewrites them in a loop; the requests get 500 rather than a stuck writer.
+                raise RuntimeError("the projects' keys kept changing while being written")
             crypto = await self._crypto_of(conn, {ordered[i][0] for i in digested})
             records = ordered
             if digested:
