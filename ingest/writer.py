@@ -1,8 +1,10 @@
-"""Group commit: the events of every concurrent request go to Postgres in one COPY and one commit.
+"""Group commit: the events of every concurrent request go to Postgres in one write and one commit
+(one statement for a small batch, a binary COPY for a large one: store/writes.py).
 
-A request's rows wait in a bounded queue; an idle writer task takes everything queued (never
-waiting to fill a batch), writes it in one transaction, and answers each waiting request when the
-commit returns. A full queue or an unreachable database answers at once with 503.
+A request's rows wait in a bounded queue; an idle writer task takes everything queued (waiting
+at most _GATHER_S for more, and only while another commit is in flight), writes it in one
+transaction, and answers each waiting request when the commit returns. A full queue or an
+unreachable database answers at once with 503.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ log = structlog.get_logger("ingest.writer")
 # SDK retries it with the same message ids.
 _TRANSIENT = TRANSIENT_ERRORS
 # Errors a row causes: Postgres refusing it, or asyncpg failing to encode it (a datetime out of
-# range raises OverflowError while the COPY is being written).
+# range raises OverflowError while the COPY is being written; a text orjson cannot encode raises
+# TypeError before the one-statement write is sent).
 _ROW_ERRORS = (asyncpg.PostgresError, OverflowError, ValueError, TypeError)
 
 
@@ -196,7 +199,7 @@ class Writer:
                 self._fail(pending, "the database is unreachable")
             return
         except _ROW_ERRORS as exc:
-            # One row Postgres refuses (or that cannot be encoded) fails the COPY for all:
+            # One row Postgres refuses (or that cannot be encoded) fails the write for all:
             # isolate it (T4).
             self._metrics.write_errors.labels(kind="data").inc()
             log.warning(
