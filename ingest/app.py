@@ -227,7 +227,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             max_size=settings.pool_max_size,
             connect_timeout=settings.commit_timeout_s,
         )
-        store = Store(pool, ring)
+        store = Store(pool, ring, one_statement_max=settings.writer_one_statement_events)
         try:
             await check_durability(store, metrics)
             await store.ensure_partitions()

@@ -92,6 +92,10 @@ class Settings:
     writer_connections: int = 2
     writer_max_batch_events: int = 5000
     writer_queue_events: int = 50_000
+    # Batches of at most this many events are written in one statement (sql/0009), larger
+    # ones by COPY; 0 sends every batch through COPY. None: the built-in default
+    # (store/writes.py ONE_STATEMENT_MAX).
+    writer_one_statement_events: int | None = None
     commit_timeout_s: float = 5.0
     retry_after_s: int = 2
 
@@ -183,6 +187,7 @@ class Settings:
         take("WRITER_CONNECTIONS", "writer_connections", _positive_int)
         take("WRITER_MAX_BATCH_EVENTS", "writer_max_batch_events", _positive_int)
         take("WRITER_QUEUE_EVENTS", "writer_queue_events", _positive_int)
+        take("WRITER_ONE_STATEMENT_EVENTS", "writer_one_statement_events", _non_negative_int)
         take("COMMIT_TIMEOUT_SECONDS", "commit_timeout_s", _positive_float)
         take("KEY_CACHE_TTL_SECONDS", "key_cache_ttl_s", _non_negative_float)
         take("RATE_LIMIT_PER_KEY", "rate_limit_per_key", _non_negative_float)
@@ -223,6 +228,13 @@ def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
         raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 

@@ -116,7 +116,13 @@ class Store(
     ReencodeMixin,
     SealingMixin,
 ):
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keyring: Keyring | None = None,
+        *,
+        one_statement_max: int | None = None,
+    ) -> None:
         self.pool = pool
         self.keyring = keyring
-        self.writes = EventWrites(keyring)
+        self.writes = EventWrites(keyring, one_statement_max=one_statement_max)

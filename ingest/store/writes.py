@@ -53,7 +53,8 @@ SUBJECT_LOCK: Final = 7230010
 
 # Batches of at most this many rows are written by ingest_write_events (sql/0009) in one
 # statement and one round trip; larger ones by the transaction below, whose binary COPY costs
-# the service less per row. Read at each call: tests run both paths.
+# the service less per row. INGEST_WRITER_ONE_STATEMENT_EVENTS overrides it; read at each
+# call (tests run both paths).
 ONE_STATEMENT_MAX = 64
 
 _WRITE_EVENTS: Final = """
@@ -133,8 +134,12 @@ class EventWrites:
     projects' pseudonym keys, and which projects have suppressions (so that the usual batch,
     for projects with none, costs no keyed digest at all)."""
 
-    def __init__(self, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self, keyring: Keyring | None = None, *, one_statement_max: int | None = None
+    ) -> None:
         self.keyring = keyring
+        # None: ONE_STATEMENT_MAX, read at each call.
+        self.one_statement_max = one_statement_max
         self._keys: dict[uuid.UUID, bytes] = {}
         self._suppressing: set[uuid.UUID] = set()
         # The one-statement path's project keys, checked by the database at each use.
@@ -155,7 +160,8 @@ class EventWrites:
         """
         if not rows:
             return []
-        if len(rows) <= ONE_STATEMENT_MAX:
+        limit = ONE_STATEMENT_MAX if self.one_statement_max is None else self.one_statement_max
+        if len(rows) <= limit:
             return await self._write_one_statement(conn, rows)
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))

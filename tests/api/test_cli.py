@@ -120,10 +120,18 @@ def test_serve_migrate_and_admin_against_a_database_url(
 
 
 def test_bad_configuration_is_refused_with_every_reason() -> None:
-    r = _run(["migrate"], _env(INGEST_PORT="high", INGEST_MAX_BODY_BYTES="-1"))
+    r = _run(
+        ["migrate"],
+        _env(
+            INGEST_PORT="high",
+            INGEST_MAX_BODY_BYTES="-1",
+            INGEST_WRITER_ONE_STATEMENT_EVENTS="-1",
+        ),
+    )
     assert r.returncode == 2
     assert "INGEST_PORT" in r.stderr
     assert "INGEST_MAX_BODY_BYTES" in r.stderr
+    assert "INGEST_WRITER_ONE_STATEMENT_EVENTS" in r.stderr
 
 
 def test_zero_configuration_serve_keeps_events_across_restarts(serve: Any, tmp_path: Path) -> None:
