@@ -57,6 +57,7 @@ from ingest import keyring
 from ingest.config import Settings
 from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Row, Source
 from ingest.store import EventWrites, init_connection
+from ingest.store.copy import copy_rows, plan_copy
 
 HERE: Final = Path(__file__).resolve().parent
 LUA_SCRIPT: Final = HERE / "events.lua"
@@ -837,7 +838,8 @@ async def copy_rate(
 ) -> CopyRun:
     """``connections`` connections, each writing ``batch`` rows per transaction for ``seconds``.
 
-    mode "copy": one binary COPY per transaction (autocommit: the COPY is the transaction).
+    mode "copy": one binary COPY per transaction (autocommit: the COPY is the transaction), with
+    the service's own COPY encoding (ingest/store/copy.py), the cheapest client it has.
     mode "store": ``EventWrites.insert_events``, the service's write (at more than 64 rows a
     transaction: claim, then COPY; at fewer, one statement).
     """
@@ -856,6 +858,7 @@ async def copy_rate(
         latencies: list[list[float]] = [[] for _ in opened]
         written = [0] * len(opened)
         writes = EventWrites(keyring.Keyring(keyring.parse_master_key(master_key())))
+        plan = await plan_copy(opened[0], "events", COLUMNS)
 
         async def loop(i: int, conn: asyncpg.Connection) -> None:
             seq = 0
@@ -873,7 +876,7 @@ async def copy_rate(
                     rows.append((t[0], received_at, f"{name}-{i}-{seq}", *t[3:width]))
                 started = time.perf_counter()
                 if mode == "copy":
-                    await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                    await copy_rows(conn, plan, rows)
                 else:
                     await writes.insert_events(conn, rows)
                 lat.append(time.perf_counter() - started)

@@ -18,6 +18,7 @@ from ingest.events import COLUMNS, DEVICES, Row
 from ingest.keyring import Keyring, Sealer, holds_digest
 from ingest.pseudonyms import Kind
 from ingest.store._db import DIGEST_FIELDS, JSON_FIELDS, Connection
+from ingest.store.copy import CopyPlan, copy_rows, plan_copy
 from ingest.store.sealing import ProjectCrypto, projects_crypto
 
 
@@ -144,6 +145,8 @@ class EventWrites:
         self._suppressing: set[uuid.UUID] = set()
         # The one-statement path's project keys, checked by the database at each use.
         self._crypto: dict[uuid.UUID, ProjectCrypto] = {}
+        # Per table, how its rows go over the binary COPY (read from the catalog once).
+        self._copy_plans: dict[str, CopyPlan] = {}
         # Called after a transaction that wrote outbox rows commits: the service's forwarder
         # wakes up instead of waiting for its next poll.
         self.on_outbox: Callable[[], None] | None = None
@@ -216,10 +219,12 @@ class EventWrites:
                         if types is None or row[_TYPE] in types:
                             outbox.append((row[0], destination, *record[1:], row[DEVICES]))
             if records:
-                await conn.copy_records_to_table("events", records=records, columns=COLUMNS)
+                await copy_rows(conn, await self._copy_plan(conn, "events", COLUMNS), records)
                 await _update_profiles(conn, records)
             if outbox:
-                await conn.copy_records_to_table("outbox", records=outbox, columns=_OUTBOX_COLUMNS)
+                await copy_rows(
+                    conn, await self._copy_plan(conn, "outbox", _OUTBOX_COLUMNS), outbox
+                )
         if outbox and self.on_outbox is not None:
             self.on_outbox()
         return fates
@@ -282,6 +287,12 @@ class EventWrites:
         if queued and self.on_outbox is not None:
             self.on_outbox()
         return fates
+
+    async def _copy_plan(self, conn: Connection, table: str, columns: Sequence[str]) -> CopyPlan:
+        plan = self._copy_plans.get(table)
+        if plan is None:
+            plan = self._copy_plans[table] = await plan_copy(conn, table, columns)
+        return plan
 
     async def _crypto_of(
         self, conn: Connection, projects: set[uuid.UUID]

@@ -9,7 +9,7 @@ import re
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,29 @@ class TestEveryColumn:
         profile = await conn.fetchrow("SELECT traits::text, created_at FROM user_profiles")
         assert profile is not None
         assert (orjson.loads(profile["traits"]), profile["created_at"]) == ({"t": text}, at)
+
+    async def test_times_far_from_now_are_stored_to_the_microsecond(
+        self, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """The COPY sends times as microseconds from Postgres's epoch (ingest/store/copy.py):
+        before it, at its edge, years ahead, and with an offset, the same instant comes back."""
+        base = rows(1)[0]
+        times = (
+            datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=UTC),
+            datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        )
+        for n, at in enumerate(times):
+            row = list(base)
+            row[COLUMNS.index("message_id")] = f"m-time-{n}"
+            for name in ("timestamp", "original_timestamp", "sent_at"):
+                row[COLUMNS.index(name)] = at
+            assert await writer.submit([tuple(row)]) == [Outcome.STORED]
+        stored = await conn.fetch(
+            'SELECT "timestamp", original_timestamp, sent_at FROM events ORDER BY message_id'
+        )
+        assert [tuple(r) for r in stored] == [(at, at, at) for at in times]
 
 
 class TestDeletedProjects:
