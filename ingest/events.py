@@ -215,7 +215,13 @@ class EventParser:
     ) -> Row:
         if not isinstance(item, dict):
             raise _Reject("invalid_type", None, "an event must be a JSON object")
-        ev: dict[str, Any] = {_ALIASES.get(k) or k: v for k, v in item.items()}
+        # Renamed only when it uses an alias (Segment's camelCase): the native shape is used as
+        # it is, not copied (nothing reads the request's items after parsing).
+        ev: dict[str, Any] = (
+            item
+            if _ALIASES.keys().isdisjoint(item)
+            else {_ALIASES.get(k) or k: v for k, v in item.items()}
+        )
         lim = self.limits
 
         kind = ev.get("type", "track")
@@ -259,6 +265,8 @@ class EventParser:
         context = _object(ev, "context")
         # group and alias carry a second id; it is kept in properties, checked like user_id.
         for extra in ("group_id", "previous_id"):
+            if extra not in ev:
+                continue  # only group and alias events have them
             value = self._id(ev, extra, source, hashed_ids)
             if value is not None:
                 properties[extra] = value
