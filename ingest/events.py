@@ -198,10 +198,19 @@ class EventParser:
     def parse(self, items: list[Any], source: Source, *, sent_at: Any = None) -> Parsed:
         """``sent_at`` is the batch-level one (Segment batches carry it beside ``batch``)."""
         out = Parsed()
+        # Parsed once for the batch: every event without its own shares the one datetime (and
+        # the writer converts each distinct one once). Invalid, it refuses each event that
+        # needs it, as it did when each parsed it.
+        batch_sent_at: datetime | _Reject | None = None
+        if sent_at is not None:
+            try:
+                batch_sent_at = _parse_time(sent_at, "sent_at")
+            except _Reject as rej:
+                batch_sent_at = rej
         for index, item in enumerate(items):
             warnings: list[Issue] = []
             try:
-                row = self._parse_one(index, item, source, sent_at, warnings)
+                row = self._parse_one(index, item, source, batch_sent_at, warnings)
             except _Reject as rej:
                 out.rejected.append(Issue(index, rej.code, rej.field, rej.reason, rej.size))
                 continue
@@ -211,7 +220,12 @@ class EventParser:
         return out
 
     def _parse_one(
-        self, index: int, item: Any, source: Source, batch_sent_at: Any, warnings: list[Issue]
+        self,
+        index: int,
+        item: Any,
+        source: Source,
+        batch_sent_at: datetime | _Reject | None,
+        warnings: list[Issue],
     ) -> Row:
         if not isinstance(item, dict):
             raise _Reject("invalid_type", None, "an event must be a JSON object")
@@ -257,7 +271,9 @@ class EventParser:
         client_ts = _optional_time(ev, "timestamp")
         sent_at = _optional_time(ev, "sent_at")
         if sent_at is None and batch_sent_at is not None:
-            sent_at = _parse_time(batch_sent_at, "sent_at")
+            if isinstance(batch_sent_at, _Reject):
+                raise _Reject(batch_sent_at.code, batch_sent_at.field, batch_sent_at.reason)
+            sent_at = batch_sent_at
         timestamp = self._corrected(client_ts, sent_at, received_at, index, warnings)
 
         properties = _object(ev, "properties")

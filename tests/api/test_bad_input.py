@@ -656,13 +656,18 @@ class TestTimestamps:
     async def test_a_bad_batch_level_sent_at_is_reported_per_event(
         self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
     ) -> None:
-        r = await post_json(client, write_key, {"sent_at": CANARY, "batch": [good(1)]})
+        """Each event that would take it is refused; one with its own sent_at is stored."""
+        own = {**good(2), "sent_at": "2026-01-02T03:04:05Z"}
+        batch = [good(1), own, good(3)]
+        r = await post_json(client, write_key, {"sent_at": CANARY, "batch": batch})
         assert r.status_code == 200, r.text
         assert_no_echo(r)
-        assert [(i["code"], i["field"]) for i in r.json()["rejected"]] == [
-            ("invalid_timestamp", "sent_at")
+        assert r.json()["accepted"] == 1
+        assert [(i["index"], i["code"], i["field"]) for i in r.json()["rejected"]] == [
+            (0, "invalid_timestamp", "sent_at"),
+            (2, "invalid_timestamp", "sent_at"),
         ]
-        assert await count_events(conn) == 0
+        assert await count_events(conn) == 1
 
     @pytest.mark.parametrize("field", ["timestamp", "sent_at"])
     @pytest.mark.parametrize("value", OUT_OF_RANGE.values(), ids=OUT_OF_RANGE.keys())
