@@ -9,6 +9,7 @@ the forwarding outbox stores them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -207,10 +208,11 @@ class EventParser:
                 batch_sent_at = _parse_time(sent_at, "sent_at")
             except _Reject as rej:
                 batch_sent_at = rej
+        contexts: dict[bytes, bytes] = {}
         for index, item in enumerate(items):
             warnings: list[Issue] = []
             try:
-                row = self._parse_one(index, item, source, batch_sent_at, warnings)
+                row = self._parse_one(index, item, source, batch_sent_at, warnings, contexts)
             except _Reject as rej:
                 out.rejected.append(Issue(index, rej.code, rej.field, rej.reason, rej.size))
                 continue
@@ -226,7 +228,10 @@ class EventParser:
         source: Source,
         batch_sent_at: datetime | _Reject | None,
         warnings: list[Issue],
+        contexts: dict[bytes, bytes],
     ) -> Row:
+        """One event as a row. ``contexts`` is the request's: each context as sent, encoded,
+        and what it was stored as, when scrubbing it found nothing and warned of nothing."""
         if not isinstance(item, dict):
             raise _Reject("invalid_type", None, "an event must be a JSON object")
         # Renamed only when it uses an alias (Segment's camelCase): the native shape is used as
@@ -322,7 +327,18 @@ class EventParser:
         if isinstance(ctx_traits, dict):
             scrub.walk_object(ctx_traits, "context.traits", rank=1)
         scrub.walk_object(properties, "properties", rank=2)
-        scrub.walk_object(context, "context", rank=3)
+        # The events of one SDK batch mostly share their context (library, device, locale, user
+        # agent, page): one scrubbed and encoded stands for the next identical one, as long as
+        # scrubbing it had no effect beyond its output. Compared as encoded, after the device id
+        # and traits were taken out; a context with traits is always walked.
+        sent_context: bytes | None = None
+        if ctx_traits is None and context:
+            with contextlib.suppress(TypeError):  # refused below, as it always was
+                sent_context = orjson.dumps(context)
+        context_json = contexts.get(sent_context) if sent_context is not None else None
+        if context_json is None:
+            scrub.touched = False
+            scrub.walk_object(context, "context", rank=3)
         if ctx_traits is not None:
             if not isinstance(ctx_traits, dict):
                 raise _Reject("invalid_type", "context.traits", "context.traits must be an object")
@@ -331,7 +347,10 @@ class EventParser:
         try:
             props_json = orjson.dumps(properties)
             traits_json = orjson.dumps(traits)
-            context_json = orjson.dumps(context)
+            if context_json is None:
+                context_json = orjson.dumps(context)
+                if sent_context is not None and not scrub.touched:
+                    contexts[sent_context] = context_json
         except TypeError as exc:  # e.g. an integer beyond 64 bits; orjson names no value
             raise _Reject("invalid_value", None, "a value cannot be stored as JSON") from exc
         size = len(props_json) + len(traits_json) + len(context_json)
@@ -506,7 +525,7 @@ _PII_KEYS: Final = pii.EMAIL_KEYS | pii.PHONE_KEYS
 class _Scrubber:
     """One pass over a JSON tree: depth and U+0000 checks, PII hashed in place, IPs dropped."""
 
-    __slots__ = ("country", "found", "index", "max_depth", "plain", "warnings")
+    __slots__ = ("country", "found", "index", "max_depth", "plain", "touched", "warnings")
 
     def __init__(
         self,
@@ -523,6 +542,9 @@ class _Scrubber:
         self.warnings = warnings
         self.found = found
         self.plain = plain if plain is not None else _Plain()
+        # Set when the walk found an email, phone or device id, or warned: what it did then is
+        # more than its output, so its result cannot stand for another event's.
+        self.touched = False
 
     def walk_object(self, obj: dict[str, Any], path: str, rank: int, depth: int = 1) -> None:
         if depth > self.max_depth:
@@ -563,6 +585,7 @@ class _Scrubber:
                 continue
             if nkey in _DEVICE_ID_KEYS:
                 self.found.device(_DEVICE_ID_KEYS[nkey], value)
+                self.touched = True
                 del obj[key]
                 continue
             if (
@@ -633,6 +656,7 @@ class _Scrubber:
         if nkey in pii.EMAIL_KEYS:
             email = pii.hash_email(value)
             if email is None:
+                self.touched = True
                 self.warnings.append(
                     Issue(
                         self.index,
@@ -647,6 +671,7 @@ class _Scrubber:
         if nkey in pii.PHONE_KEYS:
             phone = pii.hash_phone(value, self.country)
             if phone is None:
+                self.touched = True
                 self.warnings.append(
                     Issue(
                         self.index,
@@ -681,10 +706,12 @@ class _Scrubber:
         return value
 
     def _found_email(self, email: pii.EmailDigest, rank: int) -> None:
+        self.touched = True
         if rank < self.found.email_rank:
             self.found.email, self.found.email_rank = email, rank
 
     def _found_phone(self, phone: pii.PhoneDigest, rank: int) -> None:
+        self.touched = True
         if rank < self.found.phone_rank:
             self.found.phone, self.found.phone_rank = phone, rank
 

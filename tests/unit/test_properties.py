@@ -212,3 +212,63 @@ def test_keys_and_values_remembered_as_plain_still_let_no_pii_through() -> None:
     assert props(french, note=national) == {"note": national}
     assert props(french, note=national) == {"note": national}
     assert "555-0142" not in orjson.dumps(props(SOURCE, note=national)).decode()
+
+
+# What an SDK's context may carry beside plain values: PII, an address, device ids, a phone
+# field that cannot be normalized (a warning), and nothing.
+CONTEXT_EXTRAS = [
+    {},
+    {"email": EMAILS[0]},
+    {"note": f"call {PHONES[0]}"},
+    {"phone": "12"},
+    {"ip": IPS[0]},
+    {"device": {"id": "0f8fad5b-d9cb-469f-a165-70867728950e", "type": "ios"}},
+    {"device": {"advertisingId": "6D92078A-8246-4BA4-AE5B-76104861E7DC"}},
+    {
+        "device": {
+            "advertisingId": "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+            "adTrackingEnabled": False,
+        }
+    },
+    {"traits": {"email": EMAILS[1]}},
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.dictionaries(keys, trees, max_size=4),
+    extras=st.lists(st.sampled_from(CONTEXT_EXTRAS), min_size=1, max_size=3),
+    kinds=st.lists(st.sampled_from(["track", "identify", "page"]), min_size=3, max_size=3),
+)
+def test_a_batch_parses_as_each_of_its_events_alone(
+    base: dict[str, Any], extras: list[dict[str, Any]], kinds: list[str]
+) -> None:
+    """Events of one batch share their context (the parser reuses one scrubbed context for
+    the next identical one): each row, warning and refusal is what that event alone gives."""
+    context = {k: v for extra in extras for k, v in extra.items()} | base
+    events = [
+        {
+            "type": kind,
+            "event": "E",
+            "name": "N",
+            "user_id": f"u{n}",
+            "message_id": f"m{n}",
+            "traits": {"plan": "pro"},
+            "context": context,
+        }
+        for n, kind in enumerate(kinds)
+    ]
+
+    def copy(event: dict[str, Any]) -> dict[str, Any]:
+        copied: dict[str, Any] = orjson.loads(orjson.dumps(event))
+        return copied
+
+    batch = PARSER.parse([copy(e) for e in events], SOURCE)
+    alone = [PARSER.parse([copy(e)], SOURCE) for e in events]
+    assert batch.rows == [row for a in alone for row in a.rows]
+    assert [(i.index, i.code, i.field) for i in batch.rejected] == [
+        (n, i.code, i.field) for n, a in enumerate(alone) for i in a.rejected
+    ]
+    assert [(i.index, i.code, i.field) for i in batch.warnings] == [
+        (n, i.code, i.field) for n, a in enumerate(alone) for i in a.warnings
+    ]
