@@ -168,8 +168,7 @@ class EventWrites:
             return await self._write_one_statement(conn, rows)
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][2]))
-        names: dict[uuid.UUID, str] = {}
-        claimed = orjson.dumps([[_text(names, rows[i][0]), rows[i][2], rows[i][1]] for i in order])
+        claimed = claim_json(rows, order)
         async with conn.transaction():
             while True:
                 claim = await conn.fetch(
@@ -333,6 +332,13 @@ class EventWrites:
                     positions.append(position)
                     digests.append(pseudonyms.digest(key, kind, value))
         return projects, positions, digests
+
+
+def claim_json(rows: Sequence[Row], order: Sequence[int]) -> bytes:
+    """The COPY path's claim rows (_CLAIM_EVENTS' $1): [project, message id, received_at] of
+    ``rows`` in ``order``, as one JSON array."""
+    names: dict[uuid.UUID, str] = {}
+    return orjson.dumps([[_text(names, rows[i][0]), rows[i][2], rows[i][1]] for i in order])
 
 
 def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:
