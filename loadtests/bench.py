@@ -1121,7 +1121,7 @@ def report(scenarios: Sequence[Scenario], copies: Sequence[CopyRun]) -> list[str
         fraction = statistics.median(s.fraction for s in batches)
         say(
             f"  100-event batches >= {TARGET_BATCH_FRACTION:.0%} of raw COPY: "
-            f"{fraction:.0%}  {_verdict(fraction >= TARGET_BATCH_FRACTION)}"
+            f"{fraction:.1%}  {_verdict(fraction >= TARGET_BATCH_FRACTION)}"
         )
     if singles:
         rate = statistics.median(s.events_per_s for s in singles)
@@ -1230,6 +1230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.connections < args.threads:
         print("--connections must be at least --threads", file=sys.stderr)
+        return 2
+    if args.rounds < 1:
+        print("--rounds must be 1 or more", file=sys.stderr)
         return 2
     return run_guarded("benchmark", lambda: _run(args, wanted))
 
