@@ -53,6 +53,12 @@ _HEX_RE: Final = re.compile(r"[0-9a-f]{64}")
 # times faster than the regex on an event's context).
 _HEX_MAP: Final = bytes(ord("x") if chr(b) in "0123456789abcdef" else ord(" ") for b in range(256))
 _HEX_RUN: Final = b"x" * 64
+# RFC 2104's inner and outer pads, as translation tables: XOR of each key byte with the pad.
+# The 32-byte key is shorter than SHA-256's 64-byte block: the zeros that pad it become the
+# pad's own byte.
+_IPAD: Final = bytes(b ^ 0x36 for b in range(256))
+_OPAD: Final = bytes(b ^ 0x5C for b in range(256))
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 _WRAP_VERSION: Final = b"\x01"
 _WRAP_AAD: Final = b"ingest project keys v1:"
 _KEY_BYTES: Final = 32
@@ -188,16 +194,27 @@ class Keyring:
 class Sealer:
     """Seals and opens one project's digests."""
 
-    __slots__ = ("_blocks", "_mac", "keys")
+    __slots__ = ("_blocks", "_inner", "_outer", "keys")
 
     def __init__(self, keys: ProjectKeys) -> None:
         self.keys = keys
-        self._mac = hmac.new(keys.data, b"ingest seal mac", hashlib.sha256).digest()
+        mac = hmac.new(keys.data, b"ingest seal mac", hashlib.sha256).digest()
+        # HMAC-SHA256 under the mac key with its two padded-key states hashed once (RFC 2104):
+        # each tag then costs two hash copies, not hmac.digest's key setup (3x the time).
+        self._inner = hashlib.sha256(mac.translate(_IPAD) + b"\x36" * 32)
+        self._outer = hashlib.sha256(mac.translate(_OPAD) + b"\x5c" * 32)
         enc = hmac.new(keys.data, b"ingest seal enc", hashlib.sha256).digest()
         # AES-256-CTR over exactly two blocks, computed as the two counter blocks enciphered
         # with one reusable ECB context (creating a CTR context per value costs 10 us; this is
         # the same keystream: tests/unit/test_keyring.py checks it against modes.CTR).
         self._blocks = Cipher(algorithms.AES(enc), modes.ECB()).encryptor()  # noqa: S305
+
+    def _tag(self, raw: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(raw)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:16]
 
     def _keystream(self, iv: bytes) -> int:
         counter = int.from_bytes(iv, "big")
@@ -213,9 +230,13 @@ class Sealer:
             if found is not None:
                 return found
         raw = bytes.fromhex(hex_digest)
-        tag = hmac.digest(self._mac, raw, "sha256")[:16]
+        tag = self._tag(raw)
         body = (int.from_bytes(raw, "big") ^ self._keystream(tag)).to_bytes(32, "big")
-        sealed = PREFIX + base64.urlsafe_b64encode(tag + body).decode().rstrip("=")
+        # 48 bytes: base64 without padding; b2a_base64 and a translation to the URL-safe
+        # alphabet are urlsafe_b64encode's result at half its cost.
+        sealed = (
+            PREFIX + binascii.b2a_base64(tag + body, newline=False).translate(_URLSAFE).decode()
+        )
         if memo is not None:
             memo[hex_digest] = sealed
         return sealed
@@ -232,7 +253,7 @@ class Sealer:
             return None
         tag, body = blob[:16], blob[16:]
         raw = (int.from_bytes(body, "big") ^ self._keystream(tag)).to_bytes(32, "big")
-        if not hmac.compare_digest(hmac.digest(self._mac, raw, "sha256")[:16], tag):
+        if not hmac.compare_digest(self._tag(raw), tag):
             return None
         return raw.hex()
 
