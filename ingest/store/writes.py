@@ -208,15 +208,17 @@ class EventWrites:
                     fates.append(Fate.STORED)
                     found = crypto.get(row[0]) if index in digested else None
                     sealer = found.seals if found is not None else None
+                    # The row as it is (the COPY leaves out its device ids, the last value),
+                    # or sealed.
                     record = (
-                        row[:DEVICES]
+                        row
                         if sealer is None
                         else _sealed(row, sealer, memos.setdefault(row[0], {}))
                     )
                     records.append(record)
                     for destination, types in destinations.get(row[0], ()):
                         if types is None or row[_TYPE] in types:
-                            outbox.append((row[0], destination, *record[1:], row[DEVICES]))
+                            outbox.append((row[0], destination, *record[1:DEVICES], row[DEVICES]))
             if records:
                 await copy_rows(conn, await self._copy_plan(conn, "events", COLUMNS), records)
                 await _update_profiles(conn, records)
