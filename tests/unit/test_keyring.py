@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ingest import keyring
 from ingest.keyring import Keyring, MasterKeyError, ProjectKeys, Sealer
@@ -158,3 +160,32 @@ def test_holds_digest_finds_exactly_the_stand_alone_hex_digests() -> None:
         "",
     ):
         assert not keyring.holds_digest(orjson.dumps({"v": without})), without
+
+
+# What a protected project seals, as the module defines it; the scan must find exactly these.
+STAND_ALONE_DIGEST = re.compile(rb"(?<![0-9A-Za-z])[0-9a-f]{64}(?![0-9A-Za-z])")
+# Texts made of digests, runs of hex of other lengths, letters, digits, separators and UTF-8:
+# every way a run can touch a digest.
+_PIECES = st.one_of(
+    st.sampled_from([DIGEST, DIGEST.upper(), DIGEST[:63], DIGEST + "f", "g" + DIGEST]),
+    st.text(alphabet="0123456789abcdef", min_size=60, max_size=130),
+    st.text(alphabet="0123456789abcdefABCDEFxyz_- \"':é😀", max_size=8),
+)
+
+
+@given(st.lists(_PIECES, max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_the_scan_finds_what_the_regex_finds_and_seals_it_as_re_sub_would(
+    pieces: list[str],
+) -> None:
+    data = "".join(pieces).encode()
+    expected = [m.start() for m in STAND_ALONE_DIGEST.finditer(data)]
+    assert keyring._digest_starts(data) == expected
+    assert keyring.holds_digest(data) == bool(expected)
+    sealer = SEALER
+    assert sealer.seal_json(data) == STAND_ALONE_DIGEST.sub(
+        lambda m: sealer.seal(m[0].decode()).encode(), data
+    )
+
+
+SEALER = Sealer(ProjectKeys.generate())
