@@ -59,6 +59,8 @@ _CLASSES: Final = bytes(
 )
 _HEX_RUN: Final = b"x" * 64
 _OTHER: Final = ord(" ")
+# Sealed digests a keyring remembers (Sealer.seal): about 350 bytes each.
+_RECENT_SEALS_MAX: Final = 16_384
 # RFC 2104's inner and outer pads, as translation tables: XOR of each key byte with the pad.
 # The 32-byte key is shorter than SHA-256's 64-byte block: the zeros that pad it become the
 # pad's own byte.
@@ -179,6 +181,8 @@ class Keyring:
         self.current_id = key_id(master)
         self._aeads = {key_id(k): AESGCM(k) for k in (*previous, master)}
         self._sealers: dict[tuple[uuid.UUID, bytes], Sealer] = {}
+        # Digests sealed lately, by every project's sealer (see Sealer.seal).
+        self._recent: dict[tuple[bytes, str], str] = {}
 
     def wrap(self, project_id: uuid.UUID, keys: ProjectKeys) -> bytes:
         nonce = secrets.token_bytes(12)
@@ -210,18 +214,23 @@ class Keyring:
         if found is None:
             if len(self._sealers) > 10_000:
                 self._sealers.clear()
-            found = self._sealers[cached] = Sealer(self.unwrap(project_id, wrapped))
+            found = self._sealers[cached] = Sealer(self.unwrap(project_id, wrapped), self._recent)
         return found
 
 
 class Sealer:
     """Seals and opens one project's digests."""
 
-    __slots__ = ("_blocks", "_inner", "_outer", "keys")
+    __slots__ = ("_blocks", "_inner", "_name", "_outer", "_recent", "keys")
 
-    def __init__(self, keys: ProjectKeys) -> None:
+    def __init__(
+        self, keys: ProjectKeys, recent: dict[tuple[bytes, str], str] | None = None
+    ) -> None:
         self.keys = keys
+        self._recent = recent
         mac = hmac.new(keys.data, b"ingest seal mac", hashlib.sha256).digest()
+        # Names this key in ``recent`` (shared by every sealer of the keyring) without being it.
+        self._name = hashlib.sha256(b"ingest seal memo:" + mac).digest()
         # HMAC-SHA256 under the mac key with its two padded-key states hashed once (RFC 2104):
         # each tag then costs two hash copies, not hmac.digest's key setup (3x the time).
         self._inner = hashlib.sha256(mac.translate(_IPAD) + b"\x36" * 32)
@@ -247,22 +256,36 @@ class Sealer:
     def seal(self, hex_digest: str, memo: dict[str, str] | None = None) -> str:
         """``hex_digest`` sealed. Deterministic (the IV is the digest's MAC), so ``memo``, a
         dict that lives as long as one batch, lets a batch seal each distinct digest once: a
-        row repeats its digests (the email's in its column and in its traits)."""
+        row repeats its digests (the email's in its column and in its traits). A keyring's
+        sealers also remember the digests sealed lately, across batches and projects (a
+        returning user's identify carries the same ones): the last few thousand, forgotten all
+        at once when full, a few megabytes at most."""
         if memo is not None:
             found = memo.get(hex_digest)
             if found is not None:
                 return found
+        recent = self._recent
+        if recent is None:
+            found = self._seal_now(hex_digest)
+        else:
+            name = (self._name, hex_digest)
+            found = recent.get(name)
+            if found is None:
+                found = self._seal_now(hex_digest)
+                if len(recent) >= _RECENT_SEALS_MAX:
+                    recent.clear()
+                recent[name] = found
+        if memo is not None:
+            memo[hex_digest] = found
+        return found
+
+    def _seal_now(self, hex_digest: str) -> str:
         raw = bytes.fromhex(hex_digest)
         tag = self._tag(raw)
         body = (int.from_bytes(raw, "big") ^ self._keystream(tag)).to_bytes(32, "big")
         # 48 bytes: base64 without padding; b2a_base64 and a translation to the URL-safe
         # alphabet are urlsafe_b64encode's result at half its cost.
-        sealed = (
-            PREFIX + binascii.b2a_base64(tag + body, newline=False).translate(_URLSAFE).decode()
-        )
-        if memo is not None:
-            memo[hex_digest] = sealed
-        return sealed
+        return PREFIX + binascii.b2a_base64(tag + body, newline=False).translate(_URLSAFE).decode()
 
     def open(self, sealed: str) -> str | None:
         """The hex SHA-256 inside ``sealed``; None when it was not sealed with this key."""

@@ -96,6 +96,26 @@ def test_project_keys_are_wrapped_for_their_project_under_the_master_key() -> No
     assert rotating.wrapped_by_current(rotating.wrap(project, keys))
 
 
+def test_a_keyrings_sealers_remember_recent_seals_per_key_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sealers of one keyring share what they sealed lately: each key's own seals (another
+    project's key seals the same digest otherwise), and never more than the bound."""
+    monkeypatch.setattr(keyring, "_RECENT_SEALS_MAX", 8)
+    ring = Keyring(bytes(range(32)))
+    projects = [uuid.uuid4(), uuid.uuid4()]
+    keys = [ProjectKeys.generate(), ProjectKeys.generate()]
+    sealers = [ring.sealer(p, ring.wrap(p, k)) for p, k in zip(projects, keys, strict=True)]
+    digests = [secrets.token_hex(32) for _ in range(20)]
+    for _ in range(2):  # the second pass reads what the first remembered, or sealed again
+        for digest in digests:
+            for sealer, k in zip(sealers, keys, strict=True):
+                assert sealer.seal(digest) == Sealer(k).seal(digest)
+                assert sealer.seal(digest, {}) == Sealer(k).seal(digest)
+            assert len(ring._recent) <= 8
+    assert sealers[0].seal(DIGEST) != sealers[1].seal(DIGEST)
+
+
 def test_master_keys_are_read_as_hex_or_base64_and_refused_otherwise() -> None:
     raw = bytes(range(32))
     assert keyring.parse_master_key(raw.hex()) == raw
