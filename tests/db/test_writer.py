@@ -202,6 +202,44 @@ class TestEveryColumn:
         assert profile is not None
         assert (orjson.loads(profile["traits"]), profile["created_at"]) == ({"t": text}, at)
 
+    async def test_a_batchs_identify_traits_merge_into_profiles_in_arrival_order(
+        self, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """Identify rows of one commit: a user's traits merged in arrival order (later keys
+        win, the first row's time is the profile's), merged into what an earlier commit stored;
+        rows without a user id make no profile."""
+        parser = EventParser(Limits.from_settings(Settings()), lambda ip: None)
+
+        def parsed(at: datetime, items: list[dict[str, Any]]) -> list[Row]:
+            source = Source(project_id=PROJECT, default_country=None, received_at=at, peer_geo=None)
+            return parser.parse(items, source).rows
+
+        def identify(user: str | None, traits: dict[str, Any]) -> dict[str, Any]:
+            who = {"user_id": user} if user else {"anonymous_id": "anon"}
+            return {"type": "identify", **who, "message_id": str(uuid.uuid4()), "traits": traits}
+
+        early = datetime(2026, 1, 1, tzinfo=UTC)
+        first, second = early + timedelta(days=1), early + timedelta(days=2, microseconds=7)
+        before = parsed(early, [identify("u-2", {"x": 0, "y": 5})])
+        assert await writer.submit(before) == [Outcome.STORED]
+        batch = [
+            *parsed(first, [identify("\u00fc-1", {"a": 1, "b": 1}), identify(None, {"z": 1})]),
+            *parsed(second, [{"event": "e", "user_id": "\u00fc-1"}]),
+            *parsed(second, [identify("\u00fc-1", {"b": 2, "c": {"d": 3}})]),
+            *parsed(second, [identify("u-2", {"x": 1})]),
+        ]
+        assert await writer.submit(batch) == [Outcome.STORED] * len(batch)
+        profiles = {
+            r["user_id"]: (orjson.loads(r["traits"]), r["created_at"], r["updated_at"])
+            for r in await conn.fetch(
+                "SELECT user_id, traits::text, created_at, updated_at FROM user_profiles"
+            )
+        }
+        assert profiles == {
+            "\u00fc-1": ({"a": 1, "b": 2, "c": {"d": 3}}, first, first),
+            "u-2": ({"x": 1, "y": 5}, early, second),
+        }
+
     async def test_times_far_from_now_are_stored_to_the_microsecond(
         self, writer: Writer, conn: asyncpg.Connection
     ) -> None:
