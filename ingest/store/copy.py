@@ -52,9 +52,9 @@ class CopyPlan:
     width: int  # the number of columns
     timestamps: tuple[int, ...]
     jsons: tuple[int, ...]
-    # One record to its wire tuple (see _converter); built from the positions above.
-    _convert: Callable[[Sequence[Any], Callable[[datetime], int]], tuple[Any, ...]] = field(
-        init=False, repr=False, compare=False
+    # The records to their wire tuples (see _converter); built from the positions above.
+    _convert: Callable[[Iterable[Sequence[Any]], dict[datetime, int]], list[tuple[Any, ...]]] = (
+        field(init=False, repr=False, compare=False)
     )
 
     def __post_init__(self) -> None:
@@ -66,38 +66,43 @@ class CopyPlan:
         The same time is usually shared by many rows of a batch (received_at, sent_at): each
         distinct one is converted once. A record may hold more values after the plan's
         columns (the writer's rows end with their device ids): they are left out."""
-        micros: dict[datetime, int] = {}
-
-        def micro(value: datetime) -> int:
-            found = micros.get(value)
-            if found is None:
-                found = micros[value] = (value - _PG_EPOCH) // _MICROSECOND
-            return found
-
-        convert = self._convert
-        return [convert(record, micro) for record in records]
+        return self._convert(records, {})
 
 
 def _converter(
     width: int, timestamps: Sequence[int], jsons: Sequence[int]
-) -> Callable[[Sequence[Any], Callable[[datetime], int]], tuple[Any, ...]]:
-    """A function of (record, micro) that returns the record's first ``width`` values as one
-    tuple, converting the values at ``timestamps`` with micro and prefixing those at ``jsons``
-    with jsonb's version byte (None stays None). Generated as one expression, as namedtuple
-    builds its methods: a loop over a copied list cost half again as much per row and two more
-    tuples (loadtests/RESULTS.md)."""
-    parts = []
+) -> Callable[[Iterable[Sequence[Any]], dict[datetime, int]], list[tuple[Any, ...]]]:
+    """A function of (records, micros) that returns, for each record, its first ``width``
+    values as one tuple: those at ``timestamps`` as microseconds since 2000 (each distinct one
+    computed once, kept in ``micros``), those at ``jsons`` prefixed with jsonb's version byte,
+    None as None. Generated once per plan, as namedtuple builds its methods: one loop with
+    every step written out, where a generic loop over each row copied to a list cost half again
+    as much per row, and a call per time a third again (loadtests/RESULTS.md)."""
+    lines = ["def convert(records, micros):", "    out = []", "    for r in records:"]
+    values = []
     for i in range(width):
         if i in timestamps:
-            parts.append(f"None if r[{i}] is None else micro(r[{i}])")
+            lines += [
+                f"        t{i} = r[{i}]",
+                f"        if t{i} is not None:",
+                f"            m = micros.get(t{i})",
+                "            if m is None:",
+                f"                m = micros[t{i}] = (t{i} - EPOCH) // MICROSECOND",
+                f"            t{i} = m",
+            ]
+            values.append(f"t{i}")
         elif i in jsons:
-            parts.append(f"None if r[{i}] is None else VERSION + r[{i}]")
+            values.append(f"None if r[{i}] is None else VERSION + r[{i}]")
         else:
-            parts.append(f"r[{i}]")
-    source = f"def convert(r, micro):\n    return ({', '.join(parts)},)\n"
-    namespace: dict[str, Any] = {"VERSION": _JSONB_VERSION}
-    exec(source, namespace)  # noqa: S102 (the source is built above from integers only)
-    convert: Callable[[Sequence[Any], Callable[[datetime], int]], tuple[Any, ...]]
+            values.append(f"r[{i}]")
+    lines += [f"        out.append(({', '.join(values)},))", "    return out", ""]
+    namespace: dict[str, Any] = {
+        "EPOCH": _PG_EPOCH,
+        "MICROSECOND": _MICROSECOND,
+        "VERSION": _JSONB_VERSION,
+    }
+    exec("\n".join(lines), namespace)  # noqa: S102 (the source is built above from integers only)
+    convert: Callable[[Iterable[Sequence[Any]], dict[datetime, int]], list[tuple[Any, ...]]]
     convert = namespace["convert"]
     return convert
 
