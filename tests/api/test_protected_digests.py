@@ -127,10 +127,20 @@ async def test_projects_are_protected_by_default_and_their_dump_holds_no_digest(
     events.append(
         {"type": "track", "event": "Ref", "userId": "u-ref", "properties": {"ref": client_sha}}
     )
+    # The same in a context two events share (the writer scans a batch's context once), and
+    # in traits alone.
+    context_sha = hashlib.sha256(b"context-side@example.test").hexdigest()
+    shared = {"page": {"url": f"https://shop.example/?ref={context_sha}"}}
+    events += [
+        {"type": "track", "event": "Ctx", "userId": f"u-ctx-{n}", "context": shared}
+        for n in range(2)
+    ]
+    traits_sha = hashlib.sha256(b"traits-side@example.test").hexdigest()
+    events.append({"type": "identify", "userId": "u-tr", "traits": {"ref": traits_sha}})
     await _send(client, project["write_key"]["key"], events)
     dump = await _dump(conn)
     digests = {r["sha256"] for r in rows} | {r.get("google_sha256") for r in rows} - {None}
-    digests |= {EMAIL_SHA, PHONE_SHA, client_sha}
+    digests |= {EMAIL_SHA, PHONE_SHA, client_sha, context_sha, traits_sha}
     leaked = sorted(d for d in digests if d and d in dump)
     assert leaked == [], "plain SHA-256 digests in the dump"
     assert "enc:" in dump
