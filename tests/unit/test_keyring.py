@@ -184,6 +184,7 @@ def test_holds_digest_finds_exactly_the_stand_alone_hex_digests() -> None:
 
 # What a protected project seals, as the module defines it; the scan must find exactly these.
 STAND_ALONE_DIGEST = re.compile(rb"(?<![0-9A-Za-z])[0-9a-f]{64}(?![0-9A-Za-z])")
+SEALER = Sealer(ProjectKeys.generate())
 # Texts made of digests, runs of hex of other lengths, letters, digits, separators and UTF-8:
 # every way a run can touch a digest.
 _PIECES = st.one_of(
@@ -202,10 +203,6 @@ def test_the_scan_finds_what_the_regex_finds_and_seals_it_as_re_sub_would(
     expected = [m.start() for m in STAND_ALONE_DIGEST.finditer(data)]
     assert keyring._digest_starts(data) == expected
     assert keyring.holds_digest(data) == bool(expected)
-    sealer = SEALER
-    assert sealer.seal_json(data) == STAND_ALONE_DIGEST.sub(
-        lambda m: sealer.seal(m[0].decode()).encode(), data
+    assert SEALER.seal_json(data) == STAND_ALONE_DIGEST.sub(
+        lambda m: SEALER.seal(m[0].decode()).encode(), data
     )
-
-
-SEALER = Sealer(ProjectKeys.generate())
