@@ -22,8 +22,9 @@ import orjson
 import structlog
 
 from ingest import embedded, keyring, migrate
+from ingest.coalesce import CoalescingHttpToolsProtocol
 from ingest.config import ConfigError, Secret, Settings
-from ingest.drain import DrainingHttpToolsProtocol, DrainingSupervisor
+from ingest.drain import DrainingSupervisor
 from ingest.geo import GeoDatabaseError, GeoLookup
 from ingest.logs import configure_logging
 from ingest.metrics import MULTIPROC_ENV
@@ -498,8 +499,9 @@ def _serve(settings: Settings) -> int:
         "server_header": False,
         "timeout_graceful_shutdown": 10,
         # On SIGTERM, an idle keep-alive connection gets a moment to deliver a request already
-        # sent, instead of a reset (ingest/drain.py).
-        "http": DrainingHttpToolsProtocol,
+        # sent, instead of a reset (ingest/drain.py); each response goes out in one write
+        # (ingest/coalesce.py).
+        "http": CoalescingHttpToolsProtocol,
         # Past this many open connections and tasks per worker uvicorn answers 503 itself,
         # before any of our work: memory stays bounded under a connection flood.
         "limit_concurrency": settings.max_connections,
