@@ -55,6 +55,10 @@ class CoalescingTransport(asyncio.Transport):
             return  # flushed early (by size or a close): this turn's callback has nothing left
         self._held = []
         self._held_bytes = 0
+        if self._transport.is_closing():
+            # The connection went (a reset, an abort) since these writes: nobody can read them,
+            # and uvloop raises on a write to a closed transport.
+            return
         self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:

@@ -161,3 +161,14 @@ async def test_writes_are_held_only_until_the_next_turn_or_a_size() -> None:
     await asyncio.sleep(0)
     assert socket.calls[-1] == ("abort", b"")
     assert socket.writes == [b"head body", b"small " + big]
+
+
+async def test_what_is_held_when_the_connection_goes_is_dropped_quietly() -> None:
+    socket = SocketSide()
+    transport = CoalescingTransport(socket, asyncio.get_running_loop())
+    transport.write(b"an answer nobody will read")
+    socket.closing = True  # the peer reset the connection before the turn ended
+    await asyncio.sleep(0)
+    assert socket.writes == []
+    transport.close()
+    assert socket.calls == [("close", b"")]
