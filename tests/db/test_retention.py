@@ -224,6 +224,64 @@ class TestDedup:
         }
 
 
+class TestPartitions:
+    async def test_a_day_whose_rows_went_to_the_default_partition_gets_its_partition(
+        self, store: Store, conn: asyncpg.Connection
+    ) -> None:
+        """Partitions ran out (maintenance failed for days): the rows went to the default
+        partition. Creating their days' partitions moves them there, indexes and all."""
+        project_id = await add_project(conn)
+        late = TODAY + timedelta(days=8)  # past the days made ahead (yesterday to +3)
+        await add_events(conn, project_id, late, 7)
+        await add_events(conn, project_id, late + timedelta(days=1), 2)
+        await add_events(conn, project_id, TODAY + timedelta(days=30), 1)  # stays: not asked for
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 10
+
+        created = await store.ensure_partitions(today=late)  # late - 1 to late + 3
+
+        assert created == 5
+        left = await partitions(conn)
+        for day in (late, late + timedelta(days=1)):
+            assert partition_name(day) in left
+        assert await conn.fetchval(f"SELECT count(*) FROM {partition_name(late)}") == 7
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 1
+        assert await count_events(conn, project_id, late) == 7
+        assert await count_events(conn, project_id, late + timedelta(days=1)) == 2
+        # The moved partition has the events' indexes, as one created empty does.
+        indexes = await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1", partition_name(late)
+        )
+        empty = await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = $1",
+            partition_name(late + timedelta(days=2)),
+        )
+        assert len(indexes) == len(empty) >= 5
+        # New rows of the day go to the partition; the day's rows keep their message ids.
+        await add_events(conn, project_id, late, 3, prefix="new")
+        assert await conn.fetchval(f"SELECT count(*) FROM {partition_name(late)}") == 10
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 1
+        assert await store.ensure_partitions(today=late) == 0
+
+    async def test_the_service_starts_when_the_default_partition_holds_a_days_rows(
+        self, store: Store, conn: asyncpg.Connection, settings: Settings, metrics: Metrics
+    ) -> None:
+        """It creates the partitions of the days ahead before it serves; rows of one of those
+        days in the default partition used to stop it from starting."""
+        project_id = await add_project(conn)
+        ahead = TODAY + timedelta(days=3)
+        await conn.execute(f"DROP TABLE {partition_name(ahead)}")
+        await add_events(conn, project_id, ahead, 4)
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 4
+
+        app = create_app(settings, metrics=metrics)
+        async with LifespanManager(app) as manager, client_for(manager.app) as client:
+            assert (await client.get("/readyz")).status_code == 200
+
+        assert partition_name(ahead) in await partitions(conn)
+        assert await conn.fetchval(f"SELECT count(*) FROM {partition_name(ahead)}") == 4
+        assert await conn.fetchval("SELECT count(*) FROM events_default") == 0
+
+
 @pytest.fixture
 async def running(
     settings: Settings, metrics: Metrics, log_stream: io.BytesIO
