@@ -21,7 +21,8 @@ from typing import Any, Final
 
 from ingest.drain import DrainingHttpToolsProtocol
 
-# More than any answer of the write API, far less than asyncio's write buffer high-water mark.
+# Held writes that reach this size go at once: more than any answer of the write API, and as
+# much as asyncio's default high-water mark for a transport's own write buffer.
 FLUSH_BYTES: Final = 64 * 1024
 
 
@@ -32,12 +33,14 @@ class CoalescingTransport(asyncio.Transport):
         super().__init__()
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes | bytearray | memoryview] = []
+        self._held: list[bytes] = []
         self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # held past the call: a buffer the caller reuses must not change
         if not self._held:
             self._loop.call_soon(self._flush)
         self._held.append(data)

@@ -156,11 +156,17 @@ async def test_writes_are_held_only_until_the_next_turn_or_a_size() -> None:
     await asyncio.sleep(0)
     assert len(socket.writes) == 2  # and the turn's callback found nothing left
 
+    reused = bytearray(b"first")
+    transport.write(reused)
+    reused[:] = b"later"
+    await asyncio.sleep(0)
+    assert socket.writes[2:] == [b"first"]  # held as it was when written
+
     transport.write(b"lost")
     transport.abort()
     await asyncio.sleep(0)
     assert socket.calls[-1] == ("abort", b"")
-    assert socket.writes == [b"head body", b"small " + big]
+    assert socket.writes == [b"head body", b"small " + big, b"first"]
 
 
 async def test_what_is_held_when_the_connection_goes_is_dropped_quietly() -> None:
