@@ -208,29 +208,42 @@ class EventWrites:
             fates: list[Fate] = []
             records: list[Row] = []
             outbox: list[Row] = []
-            memos: dict[uuid.UUID, dict[str, str]] = {}  # per project: digest -> sealed
-            stored: set[tuple[uuid.UUID, str]] = set()
+            # Per project: the message ids stored from this batch, its digest -> sealed memo.
+            stored: dict[uuid.UUID, set[str]] = {}
+            memos: dict[uuid.UUID, dict[str, str]] = {}
+            # What is looked up per project is looked up once per run of rows carrying the same
+            # project id object (a request's rows share one): uuid.UUID hashes in Python code,
+            # and six lookups a row cost more than the rest of this loop.
+            project: uuid.UUID | None = None
+            seen: set[str] = set()
+            memo: dict[str, str] = {}
+            sealer: Sealer | None = None
+            routes: Sequence[tuple[uuid.UUID, frozenset[str] | None]] = ()
             for index, row in enumerate(rows):
-                key = (row[0], row[2])
+                if row[0] is not project:
+                    project = row[0]
+                    seen = stored.setdefault(project, set())
+                    memo = memos.setdefault(project, {})
+                    found = crypto.get(project)
+                    sealer = found.seals if found is not None else None
+                    routes = destinations.get(project, ())
                 if index in dropped:
                     fates.append(Fate.SUPPRESSED)
-                elif index in unclaimed or key in stored:
+                elif index in unclaimed or row[2] in seen:
                     # Claimed before, or a second copy inside the same batch.
                     fates.append(Fate.DUPLICATE)
                 else:
-                    stored.add(key)
+                    seen.add(row[2])
                     fates.append(Fate.STORED)
-                    found = crypto.get(row[0]) if index in digested else None
-                    sealer = found.seals if found is not None else None
                     # The row as it is (the COPY leaves out its device ids, the last value),
                     # or sealed.
                     record = (
                         row
-                        if sealer is None
-                        else _sealed(row, sealer, memos.setdefault(row[0], {}))
+                        if sealer is None or index not in digested
+                        else _sealed(row, sealer, memo)
                     )
                     records.append(record)
-                    for destination, types in destinations.get(row[0], ()):
+                    for destination, types in routes:
                         if types is None or row[_TYPE] in types:
                             outbox.append((row[0], destination, *record[1:DEVICES], row[DEVICES]))
             if records:
@@ -326,6 +339,8 @@ class EventWrites:
     ) -> tuple[list[uuid.UUID], list[int], list[bytes]]:
         """(projects given digests, 1-based positions in ``order``, keyed digests) for the
         rows of projects known to have suppressions."""
+        if not self._suppressing:
+            return [], [], []  # no project known to have suppressions: no row's projects read
         projects = sorted({rows[i][0] for i in order} & self._suppressing)
         if not projects:
             return [], [], []
@@ -354,8 +369,16 @@ class EventWrites:
 def claim_json(rows: Sequence[Row], order: Sequence[int]) -> bytes:
     """The COPY path's claim rows (_CLAIM_EVENTS' $1): [project, message id, received_at] of
     ``rows`` in ``order``, as one JSON array."""
-    names: dict[uuid.UUID, str] = {}
-    return orjson.dumps([[_text(names, rows[i][0]), rows[i][2], rows[i][1]] for i in order])
+    claims = []
+    project: uuid.UUID | None = None
+    text = ""
+    for i in order:
+        row = rows[i]
+        if row[0] is not project:  # str() of a UUID is Python code: once per run of rows
+            project = row[0]
+            text = str(project)
+        claims.append([text, row[2], row[1]])
+    return orjson.dumps(claims)
 
 
 def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:

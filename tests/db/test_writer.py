@@ -277,6 +277,51 @@ class TestDeletedProjects:
         assert await conn.fetchval("SELECT count(*) FROM event_dedup") == 2
 
 
+class TestFates:
+    async def test_interleaved_projects_and_copies_get_each_their_own_fate(
+        self, store: Store, conn: asyncpg.Connection
+    ) -> None:
+        """One write holding two projects' rows in turn, each project id sometimes a distinct
+        but equal object (as from two requests): a message id is stored once per project, its
+        second copy in the batch is a duplicate, and the other project's same id is its own."""
+        other = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO projects (id, org_id, name) VALUES ($1, $2, 'q')", other, PROJECT
+        )
+        template = rows(1)[0]
+
+        def row(project: uuid.UUID, message_id: str) -> Row:
+            return (project, template[1], message_id, *template[3:])
+
+        batch = [
+            row(PROJECT, "m1"),
+            row(other, "m1"),
+            row(uuid.UUID(str(PROJECT)), "m1"),  # the same project, another object: a copy
+            row(uuid.UUID(str(PROJECT)), "m2"),
+            row(other, "m2"),
+            row(uuid.UUID(str(other)), "m1"),  # a copy of the other project's m1
+            row(PROJECT, "m2"),  # a copy of m2, after a run of another object
+        ]
+        fates = await store.writes.insert_events(conn, batch)
+
+        assert [str(f) for f in fates] == [
+            "stored",
+            "stored",
+            "duplicate",
+            "stored",
+            "stored",
+            "duplicate",
+            "duplicate",
+        ]
+        stored = await conn.fetch("SELECT project_id, message_id FROM events")
+        assert sorted((r["project_id"] == PROJECT, r["message_id"]) for r in stored) == [
+            (False, "m1"),
+            (False, "m2"),
+            (True, "m1"),
+            (True, "m2"),
+        ]
+
+
 class TestIsolation:
     async def test_a_row_postgres_refuses_fails_only_itself(
         self, writer: Writer, conn: asyncpg.Connection, log_stream: io.BytesIO
