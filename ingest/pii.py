@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Final
 
 import phonenumbers
 
@@ -120,7 +121,9 @@ _NANP_PHONE = re.compile(
 _MIN_PHONE_DIGITS = 7
 _MAX_PHONE_DIGITS = 15
 _MIN_LOOKS_LIKE_PHONE_DIGITS = 8
-_PHONE_FIRST = frozenset("+(0123456789tT")
+# What a text looks_like_phone considers can start with (besides whitespace): "+", "(", a digit,
+# or the "t" of "tel:". events.py turns ids away by it too.
+PHONE_FIRST: Final = frozenset("+(0123456789tT")
 _E164 = phonenumbers.PhoneNumberFormat.E164
 _POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
 
@@ -289,7 +292,7 @@ def looks_like_phone(value: str) -> bool:
     # Every id the parser refuses PII in comes here: most are turned away by their first
     # character (after spaces or "tel:", a phone starts with "+", "(" or a digit) or length.
     first = value[:1]
-    if len(value) < 9 or (first not in _PHONE_FIRST and not first.isspace()):
+    if len(value) < 9 or (first not in PHONE_FIRST and not first.isspace()):
         return False
     s = _strip_tel(value)
     # 15 digits with a separator between each is the longest plausible form.

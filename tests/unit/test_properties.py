@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ingest import pii
+from ingest import events, pii
 from ingest.config import Settings
 from ingest.events import COLUMNS, EventParser, Limits, Source
 
@@ -272,3 +273,81 @@ def test_a_batch_parses_as_each_of_its_events_alone(
     assert [(i.index, i.code, i.field) for i in batch.warnings] == [
         (n, i.code, i.field) for n, a in enumerate(alone) for i in a.warnings
     ]
+
+
+MAX_ID = PARSER.limits.max_id_chars
+# Ids as SDKs send them, and texts on every edge of the id checks: emails (also
+# percent-encoded), phones in their written forms (a "+", "(", digit, "tel:" or whitespace
+# first), NUL, and lengths around a phone's minimum and the limit.
+EDGE_IDS = [
+    "user-123",
+    "5f0c6a8e-3b1d-4c2e-9a7f-0d1e2f3a4b5c",
+    "anon_7f3a",
+    "jane@example.com",
+    "Jane.Doe@Example.COM",
+    "mailto:jane@example.com",
+    "jane%40example.com",
+    "id-jane@example.com-x",
+    "a@b",
+    "+14155550142",
+    "+1 415 555 0142",
+    "(415) 555-0142",
+    "415-555-0142",
+    "tel:+14155550142",
+    "TEL: +1 415 555 0142",
+    " +14155550142",
+    "\u2003+14155550142",
+    "\t4155550142",
+    "+14155550",
+    "+141555501",
+    "12345678",
+    "123456789",
+    "004420794601",
+    "0044 20 7946 0142",
+    "order 4155550142",
+    "u\x00x",
+    "\x00",
+    "x" * MAX_ID,
+    "x" * (MAX_ID + 1),
+    "+" + "1" * (MAX_ID - 1),
+    "",
+    " ",
+]
+
+
+def _id_answers(text: str) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """(what EventParser._id answers, what the full checks, _identifier, answer): the same
+    text, or a refusal's code."""
+    source = dataclasses.replace(SOURCE, hash_identifiers=False)
+    try:
+        expected: tuple[str, str | None] = (
+            "ok",
+            events._identifier({"user_id": text}, "user_id", MAX_ID),
+        )
+    except events._Reject as rej:
+        expected = ("refused", rej.code)
+    try:
+        got: tuple[str, str | None] = ("ok", PARSER._id({"user_id": text}, "user_id", source, []))
+    except events._Reject as rej:
+        got = ("refused", rej.code)
+    return got, expected
+
+
+@pytest.mark.parametrize("text", EDGE_IDS)
+def test_an_id_on_an_edge_is_answered_as_the_full_checks_answer_it(text: str) -> None:
+    """EventParser._id answers the usual id before the full checks: what it answers must be
+    what they answer."""
+    got, expected = _id_answers(text)
+    assert got == expected
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.text(alphabet=st.sampled_from(list("ab019+()-. @%4tTel:.com\x00\t\u2003")), max_size=24),
+    )
+)
+def test_any_id_is_answered_as_the_full_checks_answer_it(text: str) -> None:
+    got, expected = _id_answers(text)
+    assert got == expected
