@@ -246,13 +246,13 @@ class EventParser:
         if not isinstance(kind, str) or kind not in EVENT_TYPES:
             raise _Reject("invalid_type", "type", f"type must be one of {sorted(EVENT_TYPES)}")
 
-        name = _optional_str(ev, "event", lim.max_name_chars)
+        name = _text_field(ev, "event", lim.max_name_chars, "pii_in_name")
         if name is None and kind in ("page", "screen"):
             name = _optional_str(ev, "name", lim.max_name_chars)
+            if name is not None:
+                _refuse_pii(name, "event", "pii_in_name", "pii_in_name")
         if kind == "track" and not name:
             raise _Reject("missing_field", "event", "a track event needs an event name")
-        if name is not None:
-            _refuse_pii(name, "event", "pii_in_name", "pii_in_name")
 
         hashed_ids: list[pii.EmailDigest | pii.PhoneDigest] = []
         user_id = self._id(ev, "user_id", source, hashed_ids)
@@ -261,16 +261,12 @@ class EventParser:
             raise _Reject("missing_field", "user_id", "an event needs user_id or anonymous_id")
 
         # An empty message_id is absent: kept, every "" in the window would collide as one.
-        message_id = _optional_str(ev, "message_id", lim.max_message_id_chars) or None
-        if message_id is not None:
-            _refuse_pii(message_id, "message_id")
-        else:
+        message_id = _text_field(ev, "message_id", lim.max_message_id_chars) or None
+        if message_id is None:
             # As Segment does; retries of such an event cannot be deduplicated (documented).
             message_id = str(uuid.uuid4())
 
-        app_id = _optional_str(ev, "app_id", lim.max_name_chars)
-        if app_id is not None:
-            _refuse_pii(app_id, "app_id")
+        app_id = _text_field(ev, "app_id", lim.max_name_chars)
         received_at = source.received_at
         client_ts = _optional_time(ev, "timestamp")
         sent_at = _optional_time(ev, "sent_at")
@@ -406,9 +402,8 @@ class EventParser:
         identifier_pii is "hash") replaced by its SHA-256, normalized as everywhere else."""
         value = ev.get(name)
         # The usual id (a UUID, a database key) answered here, without the four calls of the
-        # checks below: a text within the limit, with no NUL, no "@" or "%40" (no email can be
-        # in it), and shorter than a phone or not starting as one can (looks_like_phone's own
-        # first test) is returned as it is by them too (tests/unit/test_properties.py).
+        # checks below: _text_field's shortcut, inline, for a non-empty text (an empty id is
+        # absent). Held to the full checks by tests/unit/test_properties.py.
         if (
             type(value) is str
             and value
@@ -761,6 +756,33 @@ def _optional_str(ev: dict[str, Any], name: str, max_chars: int) -> str | None:
     if "\x00" in value:
         raise _Reject("nul_character", name, f"{name} contains U+0000, which Postgres refuses")
     return value
+
+
+def _text_field(
+    ev: dict[str, Any], name: str, max_chars: int, pii_code: str | None = None
+) -> str | None:
+    """A text stored as it is (an event name, a message id, an app id): None when absent,
+    refused unless a str within ``max_chars`` without NUL (_optional_str), and refused when it
+    holds an email address or is a phone number (_refuse_pii, with ``pii_code`` for both).
+
+    The usual text is answered at once, without their three calls: no NUL, no "@" or "%40" (no
+    email can be in it), and shorter than a phone or not starting as one can (looks_like_phone's
+    own first test). EventParser._id has the same shortcut, inline; the unit tests hold both to
+    the full checks (tests/unit/test_properties.py)."""
+    value = ev.get(name)
+    if (
+        type(value) is str
+        and len(value) <= max_chars
+        and "@" not in value
+        and "%40" not in value
+        and "\x00" not in value
+        and (len(value) < 9 or (value[0] not in pii.PHONE_FIRST and not value[0].isspace()))
+    ):
+        return value
+    text = _optional_str(ev, name, max_chars)
+    if text is not None:
+        _refuse_pii(text, name, pii_code, pii_code)
+    return text
 
 
 def _identifier(ev: dict[str, Any], name: str, max_chars: int) -> str | None:

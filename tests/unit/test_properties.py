@@ -333,11 +333,37 @@ def _id_answers(text: str) -> tuple[tuple[str, str | None], tuple[str, str | Non
     return got, expected
 
 
+def _text_answers(value: Any) -> tuple[tuple[str, Any], tuple[str, Any]]:
+    """(what _text_field answers, what _optional_str then _refuse_pii answer)."""
+    try:
+        text = events._optional_str({"f": value}, "f", MAX_ID)
+        if text is not None:
+            events._refuse_pii(text, "f", "pii_in_name", "pii_in_name")
+        expected: tuple[str, Any] = ("ok", text)
+    except events._Reject as rej:
+        expected = ("refused", (rej.code, rej.field))
+    try:
+        got: tuple[str, Any] = ("ok", events._text_field({"f": value}, "f", MAX_ID, "pii_in_name"))
+    except events._Reject as rej:
+        got = ("refused", (rej.code, rej.field))
+    return got, expected
+
+
 @pytest.mark.parametrize("text", EDGE_IDS)
 def test_an_id_on_an_edge_is_answered_as_the_full_checks_answer_it(text: str) -> None:
-    """EventParser._id answers the usual id before the full checks: what it answers must be
-    what they answer."""
+    """EventParser._id and _text_field answer the usual text before the full checks: what
+    they answer must be what those answer."""
     got, expected = _id_answers(text)
+    assert got == expected
+    got, expected = _text_answers(text)
+    assert got == expected
+
+
+@pytest.mark.parametrize("value", [None, 12, 1.5, True, ["x"], {"a": 1}])
+def test_a_text_field_that_is_no_text_is_answered_as_the_full_checks_answer_it(
+    value: Any,
+) -> None:
+    got, expected = _text_answers(value)
     assert got == expected
 
 
@@ -350,4 +376,6 @@ def test_an_id_on_an_edge_is_answered_as_the_full_checks_answer_it(text: str) ->
 )
 def test_any_id_is_answered_as_the_full_checks_answer_it(text: str) -> None:
     got, expected = _id_answers(text)
+    assert got == expected
+    got, expected = _text_answers(text)
     assert got == expected
