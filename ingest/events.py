@@ -309,7 +309,8 @@ class EventParser:
         scrub = _Scrubber(
             source.default_country, lim.max_depth, index, warnings, found, self._plain
         )
-        scrub.walk_object(traits, "traits", rank=0)
+        if traits:  # most events (all but identifies) carry none: no call for an empty walk
+            scrub.walk_object(traits, "traits", rank=0)
         device = context.get("device")
         if isinstance(device, dict):
             # Segment's context.device.id is the IDFV or Android ID: a device id like the ad ids,
@@ -321,7 +322,8 @@ class EventParser:
         ctx_traits = context.pop("traits", None)
         if isinstance(ctx_traits, dict):
             scrub.walk_object(ctx_traits, "context.traits", rank=1)
-        scrub.walk_object(properties, "properties", rank=2)
+        if properties:
+            scrub.walk_object(properties, "properties", rank=2)
         # The events of one SDK batch mostly share their context (library, device, locale, user
         # agent, page): one scrubbed and encoded stands for the next identical one, as long as
         # scrubbing it had no effect beyond its output. Compared as encoded, after the device id
