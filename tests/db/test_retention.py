@@ -256,7 +256,7 @@ class TestPartitions:
             partition_name(late + timedelta(days=2)),
         )
         assert len(indexes) == len(empty) >= 5
-        # New rows of the day go to the partition; the day's rows keep their message ids.
+        # New rows of the day go to the partition, and the day is not created again.
         await add_events(conn, project_id, late, 3, prefix="new")
         assert await conn.fetchval(f"SELECT count(*) FROM {partition_name(late)}") == 10
         assert await conn.fetchval("SELECT count(*) FROM events_default") == 1
