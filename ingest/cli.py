@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 import structlog
 
+import ingest
 from ingest import embedded, keyring, migrate
 from ingest.coalesce import CoalescingHttpToolsProtocol
 from ingest.config import ConfigError, Secret, Settings
@@ -506,7 +507,13 @@ def _serve(settings: Settings) -> int:
         # before any of our work: memory stays bounded under a connection flood.
         "limit_concurrency": settings.max_connections,
     }
-    log.info("serving", host=settings.host, port=settings.port, workers=settings.workers)
+    log.info(
+        "serving",
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        native=ingest.native(),
+    )
     # uvicorn drains in-flight requests on SIGTERM/SIGINT, then re-raises the signal to the
     # handler that was installed before it. Make that one a normal exit, so main()'s finally
     # still stops the embedded Postgres.

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+import ingest
 from ingest import keyring
 from ingest.config import Settings
 from ingest.events import COLUMNS, DEVICES, EventParser, Limits, Row, Source
@@ -132,6 +133,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "wrk": wrk_version,
         "loadavg_start": list(os.getloadavg()),
+        # The service the bench starts imports the same modules (same interpreter, same path).
+        "native": ingest.native(),
     }
 
 
@@ -1406,6 +1409,14 @@ def _run(args: argparse.Namespace, wanted: set[str]) -> int:
     say(
         f"{info['date']}  {info['cpus']} CPUs ({info['cpu_model']}), {info['memory']} RAM, "
         f"load {info['loadavg_start'][0]:.2f}; {info['wrk']}"
+    )
+    say(
+        "ingest: "
+        + (
+            "the parser compiled (native)"
+            if info["native"]
+            else "pure Python (`python hatch_build.py build` compiles the parser as a wheel has it)"
+        )
     )
     with contextlib.ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
