@@ -47,24 +47,32 @@ setup(
 """
 
 
+class NativeBuildError(Exception):
+    """mypyc or the C compiler failed; the message ends with what they printed."""
+
+
 def compile_native(out: Path) -> list[Path]:
     """Compile NATIVE_MODULES into ``out`` (laid out as the package); the extension files made,
-    relative to ``out``. Raises CalledProcessError with the compiler's output on failure."""
+    relative to ``out``."""
     with tempfile.TemporaryDirectory() as temp:
-        subprocess.run(  # noqa: S603 (our interpreter, our script, our module paths)
-            [
-                sys.executable,
-                "-c",
-                _SETUP,
-                str(out),
-                temp,
-                *(str(ROOT / module) for module in NATIVE_MODULES),
-            ],
-            cwd=temp,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        try:
+            subprocess.run(  # noqa: S603 (our interpreter, our script, our module paths)
+                [
+                    sys.executable,
+                    "-c",
+                    _SETUP,
+                    str(out),
+                    temp,
+                    *(str(ROOT / module) for module in NATIVE_MODULES),
+                ],
+                cwd=temp,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            printed = f"{getattr(exc, 'stdout', '') or ''}{getattr(exc, 'stderr', '') or ''}"
+            raise NativeBuildError(f"the native build failed: {exc}\n{printed[-4000:]}") from None
     return sorted(p.relative_to(out) for p in out.rglob("*") if p.suffix in (".so", ".pyd"))
 
 
@@ -109,13 +117,10 @@ else:
             out = tempfile.mkdtemp(prefix="ingest-native-")
             try:
                 made = compile_native(Path(out))
-            except (OSError, subprocess.CalledProcessError) as exc:
+            except NativeBuildError as exc:
+                # The same code, uncompiled: a machine without a C compiler still installs it.
                 shutil.rmtree(out, ignore_errors=True)
-                output = getattr(exc, "stdout", "") or ""
-                sys.stderr.write(
-                    f"ingest: the native build failed, installing pure Python ({exc})\n"
-                    f"{output[-3000:]}\n"
-                )
+                sys.stderr.write(f"ingest: installing pure Python; {exc}\n")
                 return
             self._out = out
             build_data["pure_python"] = False
@@ -132,7 +137,11 @@ else:
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "build":
-        for made in build_in_place():
+        try:
+            built = build_in_place()
+        except NativeBuildError as exc:
+            sys.exit(str(exc))
+        for made in built:
             sys.stdout.write(f"compiled {made}\n")
     elif command == "clean":
         for gone in clean():
