@@ -20,11 +20,9 @@ class CountingStore(Store):
     """The real store, counting its key lookups; ``gate`` (when set) holds each lookup until it
     is opened, ``fail`` makes the next lookups raise before querying."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.lookups = 0
-        self.gate: asyncio.Event | None = None
-        self.fail = 0
+    lookups = 0
+    gate: asyncio.Event | None = None
+    fail = 0
 
     async def find_key(self, digest: bytes) -> KeyRecord | None:
         self.lookups += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -20,11 +21,11 @@ from tests.unit.test_coalesce import SocketSide
 
 DEADLINE_S = 0.3
 # Whether each read found the whole body there already (bodies._arrived), in order.
-ARRIVED: list[bool] = []
+arrivals: list[bool] = []
 
 
 async def echo(request: Request) -> Response:
-    ARRIVED.append(bodies._arrived(request))
+    arrivals.append(bodies._arrived(request))
     try:
         body = await bodies.read_body(request, 10_000, DEADLINE_S)
     except RequestTimeout:
@@ -70,43 +71,43 @@ def head(length: int) -> bytes:
 BODY = b'{"event": "x", "user_id": "u"}'
 
 
-async def test_a_body_that_came_with_its_headers_is_read_whole_without_a_timer() -> None:
-    ARRIVED.clear()
+@pytest.mark.parametrize(
+    ("split", "arrived"),
+    [
+        pytest.param(None, True, id="with-its-headers"),  # read whole, without a timer
+        pytest.param(10, False, id="still-arriving"),  # read whole, under its deadline
+    ],
+)
+async def test_a_body_is_read_whole(split: int | None, arrived: bool) -> None:
+    arrivals.clear()
     conn = Connection()
-    conn.send(head(len(BODY)) + BODY)
+    if split is None:
+        conn.send(head(len(BODY)) + BODY)
+    else:
+        conn.send(head(len(BODY)) + BODY[:split])
+        await asyncio.sleep(0.05)
+        conn.send(BODY[split:])
     answer = await conn.answer()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert answer.endswith(b'{"body":"{\\"event\\": \\"x\\", \\"user_id\\": \\"u\\"}"}')
-    assert ARRIVED == [True]
-
-
-async def test_a_body_still_arriving_is_read_whole_under_its_deadline() -> None:
-    ARRIVED.clear()
-    conn = Connection()
-    conn.send(head(len(BODY)) + BODY[:10])
-    await asyncio.sleep(0.05)
-    conn.send(BODY[10:])
-    answer = await conn.answer()
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert answer.endswith(b'{"body":"{\\"event\\": \\"x\\", \\"user_id\\": \\"u\\"}"}')
-    assert ARRIVED == [False]
+    assert arrivals == [arrived]
 
 
 async def test_a_body_that_stops_arriving_still_times_out() -> None:
-    ARRIVED.clear()
+    arrivals.clear()
     conn = Connection()
     conn.send(head(len(BODY)) + BODY[:10])
     started = asyncio.get_running_loop().time()
     answer = await conn.answer()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert asyncio.get_running_loop().time() - started >= DEADLINE_S * 0.9
-    assert ARRIVED == [False]
+    assert arrivals == [False]
 
 
 async def test_headers_alone_keep_the_deadline() -> None:
-    ARRIVED.clear()
+    arrivals.clear()
     conn = Connection()
     conn.send(head(len(BODY)))
     answer = await conn.answer()
     assert answer.startswith(b"HTTP/1.1 408 ")
-    assert ARRIVED == [False]
+    assert arrivals == [False]
