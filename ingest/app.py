@@ -41,7 +41,7 @@ from ingest.forwarder import Forwarder
 from ingest.geo import GeoLookup, GeoResult
 from ingest.jsonx import problem_response
 from ingest.logs import RequestContext, configure_logging
-from ingest.metrics import Metrics
+from ingest.metrics import Metrics, use_cached_pid
 from ingest.origins import ANY_ORIGIN, CORS_SCOPE_KEY
 from ingest.problems import Problem, Unavailable
 from ingest.ratelimit import RateLimiter
@@ -339,6 +339,7 @@ def app_from_env() -> Starlette:
     """Factory for worker processes (``ingest serve --workers N``): each reads the environment
     that the parent process prepared, database URL included."""
     tune_gc()
+    use_cached_pid()  # before create_app makes the metrics
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)

@@ -7,13 +7,40 @@ or anything a client chose, so a flood of distinct values cannot explode the ser
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Set by `ingest serve --workers N` before the workers start: each worker then writes its values
 # to files there, and a scrape (answered by any one worker) adds them all up.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Marks the value class use_cached_pid installed, so that a second call keeps it.
+_CACHED_PID_MARK = "_ingest_cached_pid"
+
+
+def use_cached_pid(getpid: Callable[[], int] = os.getpid) -> None:
+    """In multiprocess mode prometheus_client checks os.getpid() on every inc, set and observe,
+    to notice a fork. glibc no longer caches the pid, so each check is a system call: about a
+    twelfth of a worker's CPU on single-event requests (ten or so updates a request; py-spy
+    --native, loadtests/RESULTS.md). Here the pid is read once, and again in the child of a
+    fork (os.register_at_fork), which keeps the check's purpose: a forked child still writes
+    files of its own. The hook is prometheus_client's own (MultiProcessValue's
+    process_identifier). Call it before the process's first metric: values made earlier keep
+    the old class, and two classes would keep two maps of one file."""
+    if MULTIPROC_ENV not in os.environ or getattr(values.ValueClass, _CACHED_PID_MARK, False):
+        return
+    pid = [getpid()]
+
+    def forked() -> None:
+        pid[0] = getpid()
+
+    os.register_at_fork(after_in_child=forked)
+    cls = values.MultiProcessValue(process_identifier=lambda: pid[0])  # type: ignore[no-untyped-call]  # untyped upstream
+    setattr(cls, _CACHED_PID_MARK, True)
+    values.ValueClass = cls
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
