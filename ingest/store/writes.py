@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
@@ -67,27 +68,29 @@ _WRITE_EVENTS: Final = """
 _KEYS_CHANGED: Final = "IGKEY"
 _CRYPTO_CACHE_MAX: Final = 10_000
 _KEY_READS_MAX: Final = 5
+_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
-# The claim of the COPY path. Its rows come as one JSON array of [project, message id,
-# received_at] (encoded in C; three array parameters cost asyncpg a Python-level check per
-# element), and instead of a 'claimed' row for each row it claimed (a batch's usual answer:
-# a thousand records to decode), it answers 'unclaimed' for the positions whose message id was
-# not claimed: the duplicates, usually none (and the dropped rows, which it names anyway).
+# The claim of the COPY path. Its rows come as three arrays in claim order: the projects (the
+# row's UUID objects), the message ids, and received_at as microseconds since 2000-01-01 UTC
+# (timestamptz's own binary form; asyncpg encodes a datetime in Python code, an int in C).
+# Instead of a 'claimed' row for each row it claimed (a batch's usual answer: a thousand
+# records to decode), it answers 'unclaimed' for the positions whose message id was not
+# claimed: the duplicates, usually none (and the dropped rows, which it names anyway).
 _CLAIM_EVENTS: Final = """
-    WITH b AS MATERIALIZED (
-        SELECT (e.r->>0)::uuid AS p, e.r->>1 AS m, (e.r->>2)::timestamptz AS t, e.i::integer AS i
-        FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(r, i)
-    ), c AS MATERIALIZED (
+    WITH c AS MATERIALIZED (
         SELECT *
-        FROM ingest_claim_events(ARRAY(SELECT b.p FROM b ORDER BY b.i),
-                                 ARRAY(SELECT b.m FROM b ORDER BY b.i),
-                                 ARRAY(SELECT b.t FROM b ORDER BY b.i),
-                                 $2::uuid[], $3::integer[], $4::bytea[], $5::integer)
+        FROM ingest_claim_events(
+            $1::uuid[],
+            $2::text[],
+            ARRAY(SELECT timestamptz '2000-01-01 00:00:00+00' + x * interval '1 microsecond'
+                  FROM unnest($3::bigint[]) WITH ORDINALITY AS u(x, i) ORDER BY u.i),
+            $4::uuid[], $5::integer[], $6::bytea[], $7::integer)
     )
     SELECT c.kind, c.idx, c.project, c.message FROM c WHERE c.kind <> 'claimed'
     UNION ALL
-    SELECT 'unclaimed', b.i, NULL::uuid, NULL::text
-    FROM b
+    SELECT 'unclaimed', b.i::integer, NULL::uuid, NULL::text
+    FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS b(p, m, i)
     WHERE NOT EXISTS (
         SELECT 1 FROM c WHERE c.kind = 'claimed' AND c.project = b.p AND c.message = b.m
     )
@@ -181,12 +184,12 @@ class EventWrites:
             return await self._write_one_statement(conn, rows)
         # Sorted claims take row locks in one order across writer connections: no deadlocks.
         order = claim_order(rows)
-        claimed = claim_json(rows, order)
+        claimed = claim_arrays(rows, order)
         async with conn.transaction():
             while True:
                 claim = await conn.fetch(
                     _CLAIM_EVENTS,
-                    claimed,
+                    *claimed,
                     *await self._digests(conn, rows, order),
                     SUBJECT_LOCK,
                 )
@@ -381,19 +384,25 @@ def claim_order(rows: Sequence[Row]) -> list[int]:
     return sorted(range(len(rows)), key=keys.__getitem__)
 
 
-def claim_json(rows: Sequence[Row], order: Sequence[int]) -> bytes:
-    """The COPY path's claim rows (_CLAIM_EVENTS' $1): [project, message id, received_at] of
-    ``rows`` in ``order``, as one JSON array."""
-    claims = []
-    project: uuid.UUID | None = None
-    text = ""
+def claim_arrays(
+    rows: Sequence[Row], order: Sequence[int]
+) -> tuple[list[uuid.UUID], list[str], list[int]]:
+    """The COPY path's claim (_CLAIM_EVENTS' $1 to $3): the projects, message ids and
+    received_at (in microseconds since 2000) of ``rows`` in ``order``."""
+    projects: list[uuid.UUID] = []
+    messages: list[str] = []
+    received: list[int] = []
+    micros: dict[datetime, int] = {}  # a request's rows share one received_at
     for i in order:
         row = rows[i]
-        if row[0] is not project:  # str() of a UUID is Python code: once per run of rows
-            project = row[0]
-            text = str(project)
-        claims.append([text, row[2], row[1]])
-    return orjson.dumps(claims)
+        projects.append(row[0])
+        messages.append(row[2])
+        at = row[1]
+        m = micros.get(at)
+        if m is None:
+            m = micros[at] = (at - _PG_EPOCH) // _MICROSECOND
+        received.append(m)
+    return projects, messages, received
 
 
 def _batch_json(records: Sequence[Row], arrival: Sequence[int]) -> bytes:

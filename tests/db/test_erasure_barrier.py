@@ -25,7 +25,7 @@ from ingest.store import (
     create_pool,
     init_connection,
 )
-from ingest.store.writes import claim_json
+from ingest.store.writes import claim_arrays
 from tests.conftest import keyring_for_tests
 
 # What the writer stores, on both of its paths (tests/conftest.py).
@@ -73,7 +73,7 @@ async def test_the_erasure_waits_for_a_writer_that_missed_its_suppressions(
         # The writer's claim, before any suppression exists: everything is claimed.
         claim = await writer.fetch(
             _CLAIM_EVENTS,
-            claim_json(rows, range(len(rows))),
+            *claim_arrays(rows, range(len(rows))),
             [],
             [],
             [],

@@ -263,6 +263,33 @@ class TestEveryColumn:
         )
         assert [tuple(r) for r in stored] == [(at, at, at) for at in times]
 
+    async def test_the_dedup_claim_keeps_each_requests_received_at(
+        self, writer: Writer, conn: asyncpg.Connection
+    ) -> None:
+        """The claim sends received_at as microseconds from Postgres's epoch (store/writes.py):
+        two requests committed together keep each its own instant in event_dedup, which the
+        dedup window's purge reads, as in events."""
+        now = datetime.now(UTC).replace(microsecond=123457)
+        first = now - timedelta(days=1, microseconds=1)
+        second = now.astimezone(timezone(timedelta(hours=-3, minutes=-30)))
+        results = await asyncio.gather(
+            writer.submit(rows(3, received_at=first, prefix="first")),
+            writer.submit(rows(2, received_at=second, prefix="second")),
+        )
+        assert list(results) == [[Outcome.STORED] * 3, [Outcome.STORED] * 2]
+        claimed = await conn.fetch(
+            "SELECT d.message_id, d.received_at AS claimed, e.received_at AS stored "
+            "FROM event_dedup AS d JOIN events AS e USING (project_id, message_id)"
+        )
+        assert sorted((r["message_id"].split("-")[0], r["claimed"]) for r in claimed) == [
+            ("first", first),
+            ("first", first),
+            ("first", first),
+            ("second", second),
+            ("second", second),
+        ]
+        assert all(r["claimed"] == r["stored"] for r in claimed)
+
 
 class TestDeletedProjects:
     async def test_rows_of_a_missing_project_are_acknowledged_and_not_stored(
