@@ -22,13 +22,14 @@ _CACHED_PID_MARK = "_ingest_cached_pid"
 
 def use_cached_pid(getpid: Callable[[], int] = os.getpid) -> None:
     """In multiprocess mode prometheus_client checks os.getpid() on every inc, set and observe,
-    to notice a fork. glibc no longer caches the pid, so each check is a system call: about a
-    twelfth of a worker's CPU on single-event requests (ten or so updates a request; py-spy
-    --native, loadtests/RESULTS.md). Here the pid is read once, and again in the child of a
-    fork (os.register_at_fork), which keeps the check's purpose: a forked child still writes
-    files of its own. The hook is prometheus_client's own (MultiProcessValue's
-    process_identifier). Call it before the process's first metric: values made earlier keep
-    the old class, and two classes would keep two maps of one file."""
+    to notice a fork. glibc no longer caches the pid, so each check is a system call, ten or so
+    a request: py-spy --native put 9% of a worker's samples under single events in getpid, and
+    the server's CPU a request fell from 144-170 us to 136-142 in alternating pairs without it
+    (loadtests/RESULTS.md). Here the pid is read once, and again in the child of a fork
+    (os.register_at_fork), which keeps the check's purpose: a forked child still writes files
+    of its own. The hook is prometheus_client's own (MultiProcessValue's process_identifier).
+    Call it before the process's first metric: values made earlier keep the old class, and two
+    classes would keep two maps of one file."""
     if MULTIPROC_ENV not in os.environ or getattr(values.ValueClass, _CACHED_PID_MARK, False):
         return
     pid = [getpid()]

@@ -13,11 +13,10 @@ from ingest.metrics import MULTIPROC_ENV, Metrics, use_cached_pid
 
 @pytest.fixture
 def multiprocess(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Multiprocess mode in this process, as `ingest serve --workers N` sets it up in a worker;
-    the library's value class comes back afterwards."""
+    """Multiprocess mode in this process, as `ingest serve --workers N` sets it up in a worker
+    (the test then calls use_cached_pid); the library's value class comes back afterwards."""
     monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
     monkeypatch.setattr(values, "ValueClass", values.ValueClass)
-    use_cached_pid()
     return tmp_path
 
 
@@ -28,11 +27,7 @@ def _sample(metrics: Metrics, name: str) -> float:
     raise AssertionError(f"{name} not in the scrape")
 
 
-def test_updates_reach_the_files_without_asking_the_pid(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
-    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
+def test_updates_reach_the_files_without_asking_the_pid(multiprocess: Path) -> None:
     asked: list[int] = []
 
     def getpid() -> int:
@@ -49,10 +44,11 @@ def test_updates_reach_the_files_without_asking_the_pid(
     # The scrape adds up the files: the updates were written there, not kept in memory.
     assert _sample(metrics, "ingest_events_accepted_total") == 100
     assert _sample(metrics, "ingest_write_duration_seconds_count") == 100
-    assert f"counter_{os.getpid()}.db" in {p.name for p in tmp_path.iterdir()}
+    assert f"counter_{os.getpid()}.db" in {p.name for p in multiprocess.iterdir()}
 
 
 def test_a_forked_child_writes_files_of_its_own(multiprocess: Path) -> None:
+    use_cached_pid()
     metrics = Metrics()
     metrics.events_accepted.inc()
     child = os.fork()
@@ -70,7 +66,11 @@ def test_a_forked_child_writes_files_of_its_own(multiprocess: Path) -> None:
 
 
 def test_a_second_call_keeps_the_class(multiprocess: Path) -> None:
+    """A second class would open a second map of the same file (use_cached_pid)."""
+    library = values.ValueClass
+    use_cached_pid()
     installed = values.ValueClass
+    assert installed is not library
     use_cached_pid()
     assert values.ValueClass is installed
 
