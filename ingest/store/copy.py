@@ -107,6 +107,12 @@ def _converter(
     return convert
 
 
+def pg_micros(at: datetime) -> int:
+    """``at`` as timestamptz's binary form: microseconds since 2000-01-01 UTC (the claim's
+    received_at goes as an int8 array; see writes.py)."""
+    return (at - _PG_EPOCH) // _MICROSECOND
+
+
 async def plan_copy(conn: Connection, table: str, columns: Sequence[str]) -> CopyPlan:
     """The plan for COPY of ``columns`` into ``table``, from the table's column types."""
     types = {r["name"]: r["type"] for r in await conn.fetch(_COLUMN_TYPES, table)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -18,7 +18,7 @@ from ingest.events import COLUMNS, DEVICES, Row
 from ingest.keyring import Keyring, Sealer, holds_digest
 from ingest.pseudonyms import Kind
 from ingest.store._db import DIGEST_FIELDS, JSON_FIELDS, Connection
-from ingest.store.copy import CopyPlan, copy_rows, plan_copy
+from ingest.store.copy import CopyPlan, copy_rows, pg_micros, plan_copy
 from ingest.store.sealing import ProjectCrypto, projects_crypto
 
 
@@ -68,8 +68,6 @@ _WRITE_EVENTS: Final = """
 _KEYS_CHANGED: Final = "IGKEY"
 _CRYPTO_CACHE_MAX: Final = 10_000
 _KEY_READS_MAX: Final = 5
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 # The claim of the COPY path. Its rows come as three arrays in claim order: the projects (the
 # row's UUID objects), the message ids, and received_at as microseconds since 2000-01-01 UTC
@@ -400,7 +398,7 @@ def claim_arrays(
         at = row[1]
         m = micros.get(at)
         if m is None:
-            m = micros[at] = (at - _PG_EPOCH) // _MICROSECOND
+            m = micros[at] = pg_micros(at)
         received.append(m)
     return projects, messages, received
 
