@@ -330,6 +330,25 @@ class CpuMeter:
         return out
 
 
+def describe_per_event(per_event: dict[str, float]) -> str:
+    names = {"postgres": "Postgres"}
+    parts = [f"{names.get(k, k)} {v:,.0f}" for k, v in per_event.items()]
+    total = sum(per_event.values())
+    return f"CPU an event in us: {', '.join(parts)}; {total:,.0f} in all"
+
+
+def describe_bound(bound: CpuBound, measured: dict[str, float], healthz: dict[str, float]) -> str:
+    return (
+        f"the CPU: {TARGET_SINGLE_EVENTS_S:,.0f} events/s on {os.cpu_count() or 1} cores leaves "
+        f"{bound.allowed_us:,.0f} us an event to the server, Postgres and wrk together; the "
+        f"median round used {sum(measured.values()):,.0f}.\n"
+        "    A server that spent on a write no more than on GET /healthz "
+        f"({healthz['server_us']:,.0f} us, wrk {healthz['wrk_us']:,.0f}), with Postgres's "
+        f"{measured['postgres']:,.0f} an "
+        f"event, would reach at most {bound.ceiling_per_s:,.0f} events/s here"
+    )
+
+
 def describe_cpu(cpu: dict[str, float]) -> str:
     cpus = os.cpu_count() or 1
     names = {"postgres": "Postgres", "other": "other processes"}
@@ -579,6 +598,10 @@ class Scenario:
         return self.events_per_s / self.copy_rate if self.copy_rate else 0.0
 
     @property
+    def per_event_us(self) -> dict[str, float]:
+        return cpu_per_event(self.cpu, self.events_per_s)
+
+    @property
     def rows_match(self) -> bool:
         return self.rows == self.acknowledged
 
@@ -680,10 +703,15 @@ def run_wrk(
     return result
 
 
-def calibrate(url: str, *, seconds: int, connections: int, threads: int) -> dict[str, float]:
+def calibrate(
+    url: str, *, seconds: int, connections: int, threads: int, meter: CpuMeter | None = None
+) -> dict[str, float]:
     """Plain wrk on GET /healthz: what this server answers with no body, no event and no
-    database, on this machine right now (the HTTP stack's ceiling)."""
+    database, on this machine right now (the HTTP stack's ceiling). With a meter, also the
+    CPU that the server and wrk spent a request."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if meter is not None:
+        meter.start()
     done = subprocess.run(
         [*cmd, f"{url}/healthz"],
         capture_output=True,
@@ -697,10 +725,50 @@ def calibrate(url: str, *, seconds: int, connections: int, threads: int) -> dict
     if done.returncode != 0 or rate is None:
         raise BenchError(f"wrk on /healthz failed:\n{done.stdout[-1500:]}{done.stderr[-1500:]}")
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {
+    result = {
         "requests_per_s": float(rate.group(1)),
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
     }
+    if meter is not None:
+        used = cpu_per_event(meter.stop(), result["requests_per_s"])
+        result |= {f"{name}_us": us for name, us in used.items() if name in ("server", "wrk")}
+    return result
+
+
+def cpu_per_event(cpu: dict[str, float], events_per_s: float) -> dict[str, float]:
+    """Cores used (CpuMeter) as microseconds of CPU an event, for the server, Postgres and wrk."""
+    if events_per_s <= 0:
+        return {}
+    return {k: cpu[k] * 1e6 / events_per_s for k in ("server", "postgres", "wrk") if k in cpu}
+
+
+@dataclass(frozen=True)
+class CpuBound:
+    """What the CPU allows single events on this machine (service, Postgres and wrk share it).
+
+    ``allowed_us``: the CPU an event that the target rate leaves the three together.
+    ``floor_us``: the least an event could cost: the server and wrk as for GET /healthz (the
+    HTTP stack and middleware, no body, no work) plus Postgres as measured for the events.
+    ``ceiling_per_s``: the most events a second at that floor, with every core busy.
+    """
+
+    allowed_us: float
+    floor_us: float
+    ceiling_per_s: float
+
+
+def cpu_bound(
+    cpus: int, target_per_s: float, healthz: dict[str, float], measured: dict[str, float]
+) -> CpuBound | None:
+    """None without the /healthz figures or Postgres's."""
+    if "server_us" not in healthz or "wrk_us" not in healthz or "postgres" not in measured:
+        return None
+    floor = healthz["server_us"] + healthz["wrk_us"] + measured["postgres"]
+    return CpuBound(
+        allowed_us=cpus * 1e6 / target_per_s,
+        floor_us=floor,
+        ceiling_per_s=cpus * 1e6 / floor if floor > 0 else 0.0,
+    )
 
 
 def scenario(
@@ -1052,7 +1120,11 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def report(scenarios: Sequence[Scenario], copies: Sequence[CopyRun]) -> list[str]:
+def report(
+    scenarios: Sequence[Scenario],
+    copies: Sequence[CopyRun],
+    healthz: dict[str, float] | None = None,
+) -> list[str]:
     """Print the table; return the problems (row mismatches), empty when all is well."""
     problems: list[str] = []
     header = (
@@ -1101,11 +1173,12 @@ def report(scenarios: Sequence[Scenario], copies: Sequence[CopyRun]) -> list[str
         "latency: per HTTP request for the scenarios (wrk, including time queued behind other "
         "connections), per transaction for the COPY rows"
     )
-    cpu_rows: list[tuple[str, dict[str, float]]] = [(s.name, s.cpu) for s in scenarios]
-    cpu_rows += [(c.name, c.cpu) for c in copies]
-    for name, cpu in cpu_rows:
-        if cpu:
-            say(f"{name}: {describe_cpu(cpu)}")
+    for s in scenarios:
+        if s.cpu:
+            say(f"{s.name}: {describe_cpu(s.cpu)}; {describe_per_event(s.per_event_us)}")
+    for c in copies:
+        if c.cpu:
+            say(f"{c.name}: {describe_cpu(c.cpu)}")
     for s in scenarios:
         if s.writer:
             say(f"{s.name}: {s.writer}")
@@ -1137,6 +1210,12 @@ def report(scenarios: Sequence[Scenario], copies: Sequence[CopyRun]) -> list[str
             f"  single events p99 <= {TARGET_SINGLE_P99_MS:.0f} ms: {p99:.1f} ms  "
             f"{_verdict(p99 <= TARGET_SINGLE_P99_MS)}"
         )
+        median = sorted(singles, key=lambda s: s.events_per_s)[(len(singles) - 1) // 2]
+        bound = cpu_bound(
+            os.cpu_count() or 1, TARGET_SINGLE_EVENTS_S, healthz or {}, median.per_event_us
+        )
+        if bound is not None:
+            say(f"  {describe_bound(bound, median.per_event_us, healthz or {})}")
     fives = sum(s.s5xx for s in scenarios)
     say(f"  no 5xx: {fives}  {_verdict(fives == 0)}")
     return problems
@@ -1451,11 +1530,13 @@ def _run(args: argparse.Namespace, wanted: set[str]) -> int:
                 seconds=min(5, args.duration),
                 connections=args.connections,
                 threads=args.threads,
+                meter=CpuMeter(server.proc.pid, pg_pid),
             )
             say(
                 f"HTTP ceiling: GET /healthz (no body, no database) "
                 f"{calibration['requests_per_s']:,.0f} requests/s, "
-                f"p99 {calibration['p99_ms']:.1f} ms"
+                f"p99 {calibration['p99_ms']:.1f} ms; CPU a request in us: server "
+                f"{calibration.get('server_us', 0):,.0f}, wrk {calibration.get('wrk_us', 0):,.0f}"
             )
 
         run_id = uuid.uuid4().hex[:10]
@@ -1498,7 +1579,7 @@ def _run(args: argparse.Namespace, wanted: set[str]) -> int:
                 s.copy_rate = by_shape.get(s.copy_shape, 0.0)
 
         info["loadavg_end"] = list(os.getloadavg())
-        problems = report(scenarios, copies)
+        problems = report(scenarios, copies, calibration)
         say("")
         say(
             f"load average before the run {info['loadavg_start'][0]:.2f}; work that is not the "
