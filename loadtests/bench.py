@@ -344,8 +344,8 @@ def describe_bound(bound: CpuBound, measured: dict[str, float], healthz: dict[st
         f"median round used {sum(measured.values()):,.0f}.\n"
         "    A server that spent on a write no more than on GET /healthz "
         f"({healthz['server_us']:,.0f} us, wrk {healthz['wrk_us']:,.0f}), with Postgres's "
-        f"{measured['postgres']:,.0f} an "
-        f"event, would reach at most {bound.ceiling_per_s:,.0f} events/s here"
+        f"{measured['postgres']:,.0f} an event, would reach at most "
+        f"{bound.ceiling_per_s:,.0f} events/s here"
     )
 
 
