@@ -268,7 +268,9 @@ class EventParser:
 
         app_id = _text_field(ev, "app_id", lim.max_name_chars)
         received_at = source.received_at
-        client_ts = _optional_time(ev, "timestamp")
+        # RudderStack's SDKs send the client's clock as originalTimestamp and no timestamp;
+        # Segment documents it as the input timestamp is computed from. timestamp wins.
+        client_ts = _optional_time(ev, "timestamp") or _optional_time(ev, "original_timestamp")
         sent_at = _optional_time(ev, "sent_at")
         if sent_at is None and batch_sent_at is not None:
             if isinstance(batch_sent_at, _Reject):

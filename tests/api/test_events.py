@@ -253,6 +253,43 @@ class TestClock:
         assert row["timestamp"] == row["received_at"]
         assert row["original_timestamp"].year == 2999
 
+    async def test_original_timestamp_is_the_client_clock_without_a_timestamp(
+        self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
+    ) -> None:
+        """RudderStack's SDKs send originalTimestamp and sentAt, never timestamp."""
+        r = await client.post(
+            "/v1/track",
+            json={
+                "event": "x",
+                "userId": "u",
+                "originalTimestamp": "2025-01-01T00:00:00Z",
+                "sentAt": "2025-01-01T00:00:30Z",
+            },
+            auth=(write_key, ""),
+        )
+        assert r.status_code == 200, r.text
+        [row] = await _events(conn)
+        assert row["received_at"] - row["timestamp"] == timedelta(seconds=30)
+        assert row["original_timestamp"] == datetime(2025, 1, 1, tzinfo=UTC)
+
+    async def test_timestamp_wins_over_original_timestamp(
+        self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
+    ) -> None:
+        r = await client.post(
+            "/v1/events",
+            json={
+                "event": "x",
+                "user_id": "u",
+                "timestamp": "2025-01-01T00:00:00Z",
+                "originalTimestamp": "2020-06-01T00:00:00Z",
+            },
+            headers=bearer(write_key),
+        )
+        assert r.status_code == 200, r.text
+        [row] = await _events(conn)
+        assert row["timestamp"] == datetime(2025, 1, 1, tzinfo=UTC)
+        assert row["original_timestamp"] == datetime(2025, 1, 1, tzinfo=UTC)
+
     async def test_missing_timestamp_is_received_at(
         self, client: httpx.AsyncClient, write_key: str, conn: asyncpg.Connection
     ) -> None:
