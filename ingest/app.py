@@ -27,6 +27,7 @@ from ingest import (
     manage,
     openapi,
     posthog,
+    rudderstack,
     segment,
     store as store_mod,
     subjects,
@@ -74,7 +75,11 @@ class WriteCORS:
         # where an origin is refused.
         (b"access-control-allow-origin", b"*"),
         (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-        (b"access-control-allow-headers", b"Authorization, Content-Type, Content-Encoding"),
+        # AnonymousId and SentAt: RudderStack's browser SDK sends them with every event.
+        (
+            b"access-control-allow-headers",
+            b"Authorization, Content-Type, Content-Encoding, AnonymousId, SentAt",
+        ),
         (b"access-control-max-age", b"86400"),
         (b"vary", b"Origin"),
     )
@@ -289,7 +294,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
             await pool.close()
             geo.close()
 
-    write_paths = WRITE_PATHS | segment.WRITE_PATHS | posthog.WRITE_PATHS
+    write_paths = WRITE_PATHS | segment.WRITE_PATHS | rudderstack.WRITE_PATHS | posthog.WRITE_PATHS
     handlers: dict[Any, Any] = {
         Problem: _on_problem,
         **dict.fromkeys(store_mod.TRANSIENT_ERRORS, _on_database_away),
@@ -304,6 +309,7 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
         *subjects.ROUTES,
         *destinations.ROUTES,
         *segment.ROUTES,
+        *rudderstack.ROUTES,
         *posthog.ROUTES,
         *openapi.ROUTES,
         *Console(settings).routes(),
@@ -312,7 +318,11 @@ def create_app(settings: Settings, *, metrics: Metrics | None = None) -> Starlet
         routes=routes,
         middleware=[
             Middleware(RequestContext, metrics=metrics),
-            Middleware(WriteCORS, paths=write_paths, patterns=(segment.SETTINGS_PATH,)),
+            Middleware(
+                WriteCORS,
+                paths=write_paths,
+                patterns=(segment.SETTINGS_PATH, rudderstack.SOURCE_CONFIG_PATH),
+            ),
             # The SDKs' write routes skip the router and the exception middleware (the same
             # endpoints and handlers): they are most of the traffic.
             Middleware(

@@ -15,14 +15,19 @@ from starlette.requests import Request
 from ingest.problems import InvalidBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 JSON_TYPES: Final = frozenset({"application/json", "text/plain", ""})
+# The Tracking API's routes also take JSON labelled as a form: rudder-sdk-node (through axios)
+# labels its gzip bodies application/x-www-form-urlencoded, and RudderStack's own server reads
+# the body whatever its label. A real form is not JSON and is refused as such (400).
+TRACKING_TYPES: Final = JSON_TYPES | {"application/x-www-form-urlencoded"}
 
 
-def check_content_type(request: Request) -> None:
+def check_content_type(request: Request, accepted: frozenset[str] = JSON_TYPES) -> None:
     # text/plain is what navigator.sendBeacon and the Segment browser SDK send, to skip preflight.
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media not in JSON_TYPES:
+    if media not in accepted:
+        named = sorted(accepted - {""})
         raise UnsupportedMediaType(
-            "the body must be application/json or text/plain", accepted=sorted(JSON_TYPES - {""})
+            f"the body must be {', '.join(named[:-1])} or {named[-1]}", accepted=named
         )
 
 

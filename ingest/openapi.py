@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import __version__, posthog, segment
+from ingest import __version__, posthog, rudderstack, segment
 from ingest.problems import PROBLEM_BASE
 
 JSON: Final = "application/json"
@@ -471,6 +471,26 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["success", *tally_required],
             "properties": {"success": {"const": True}, **tally_props},
+        },
+        "RudderStackSourceConfig": {
+            "type": "object",
+            "required": ["source"],
+            "properties": {
+                "isHosted": {"const": False},
+                "source": {
+                    "type": "object",
+                    "required": ["id", "enabled", "config", "destinations"],
+                    "properties": {
+                        "id": {"type": "string", "description": "The project id."},
+                        "name": {"type": "string"},
+                        "workspaceId": {"type": "string"},
+                        "writeKey": {"type": "string"},
+                        "enabled": {"const": True},
+                        "config": {"type": "object"},
+                        "destinations": {"type": "array", "maxItems": 0},
+                    },
+                },
+            },
         },
         "SegmentSettings": {
             "type": "object",
@@ -1679,7 +1699,8 @@ def _paths() -> dict[str, Any]:
     }
     segment_auth = (
         "The write key is the HTTP Basic user (empty password), a Bearer token, or `writeKey` "
-        "in the body. A secret key is refused (403)."
+        "in the body. A secret key is refused (403). JSON labelled "
+        "`application/x-www-form-urlencoded` is read as JSON too (rudder-sdk-node's gzip bodies)."
     )
     for name, kind in SEGMENT_SINGLE.items():
         short = len(name) == 1
@@ -1745,6 +1766,53 @@ def _paths() -> dict[str, Any]:
                     "schema": {"type": "string", "pattern": "^[^/]+$"},
                 }
             ],
+        )
+    }
+    query_key = {
+        "name": "writeKey",
+        "in": "query",
+        "required": False,
+        "description": "A project write key (`iwk_...`), when there is no Authorization header.",
+        "schema": {"type": "string"},
+    }
+    for path in rudderstack.SOURCE_CONFIG_PATHS:
+        paths[path] = {
+            "get": _operation(
+                "RudderStack source config" + (" (JS SDKs' path)" if path.endswith("/") else ""),
+                "What RudderStack's JS, Android and iOS SDKs fetch from their `configUrl` / "
+                "`controlPlaneUrl` at start (they send nothing until it answers): the source "
+                "enabled, no device-mode destinations, the SDK's own error and metrics reports "
+                "off. The write key is the HTTP Basic user, or `writeKey` in the query.",
+                "RudderStack",
+                [*WRITE_KEY, {}],
+                _responses(
+                    200,
+                    _ref("RudderStackSourceConfig"),
+                    "The source config (Cache-Control: no-store).",
+                    (401, 403, 503),
+                ),
+                _curl("GET", path, '-u "$WRITE_KEY:"', None),
+                parameters=[query_key],
+            )
+        }
+    paths[rudderstack.BEACON_PATH] = {
+        "post": _operation(
+            "RudderStack beacon batch",
+            "A batch that RudderStack's browser SDK sends with `navigator.sendBeacon` (text/plain, "
+            "`{batch, sentAt}`), as `/v1/batch` takes it. A beacon carries no Authorization "
+            "header: the write key is `writeKey` in the query (or the Basic user, or the body's "
+            "`writeKey`).",
+            "RudderStack",
+            SEGMENT_KEY,
+            _responses(200, _ref("SegmentResults"), "Per-message results.", SDK_ERRORS),
+            _curl(
+                "POST",
+                rudderstack.BEACON_PATH + "?writeKey=$WRITE_KEY",
+                "",
+                '{"batch":[{"type":"track","anonymousId":"a-1","event":"Left"}]}',
+            ),
+            _json_body(_ref("SegmentBatch")),
+            parameters=[query_key],
         )
     }
     posthog_body = {
@@ -1875,6 +1943,11 @@ def document() -> dict[str, Any]:
         "tags": [
             {"name": "Events", "description": "The native write API."},
             {"name": "Segment", "description": "Segment's Tracking API, for the Segment SDKs."},
+            {
+                "name": "RudderStack",
+                "description": "What RudderStack's SDKs call beyond the Tracking API (which they "
+                "share with Segment's).",
+            },
             {"name": "PostHog", "description": "PostHog's capture API, for the PostHog SDKs."},
             {
                 "name": "Projects",

@@ -282,8 +282,10 @@ async def remember_rejected(
         log.warning("rejections_not_recorded", error=type(exc).__name__)
 
 
-async def read_json(request: Request, svc: Services) -> Any:
-    bodies.check_content_type(request)
+async def read_json(
+    request: Request, svc: Services, media_types: frozenset[str] = bodies.JSON_TYPES
+) -> Any:
+    bodies.check_content_type(request, media_types)
     return _loads(
         await bodies.read_body(request, svc.settings.max_body_bytes, svc.settings.body_timeout_s)
     )

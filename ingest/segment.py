@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.auth import presented_key
+from ingest.bodies import TRACKING_TYPES
 from ingest.clientip import is_trusted_proxy
 from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
@@ -56,11 +57,11 @@ _HOST: Final = re.compile(
 )
 
 
-async def _write_key(svc: Services, plaintext: Any) -> KeyRecord:
+async def write_key(svc: Services, plaintext: Any) -> KeyRecord:
     key = await svc.auth.lookup(plaintext if isinstance(plaintext, str) else None)
     if key.kind is not KeyKind.WRITE:
         # A secret key in a browser's body would be a leaked secret: refuse it outright.
-        raise Forbidden("the Segment routes take a project write key")
+        raise Forbidden("the Segment and RudderStack routes take a project write key")
     return key
 
 
@@ -75,6 +76,13 @@ def _message(item: Any, kind: str | None, batch_context: Any) -> Any:
         # Segment applies a batch's context to each message; the message's own keys win.
         own = event.get("context")
         event["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context
+    if event.get("type") == "identify" and event.get("traits") is None:
+        # RudderStack's SDKs send an identify's traits in context.traits, not beside it: they
+        # are the identify's traits (the user's current state), kept in context as sent too.
+        context = event.get("context")
+        traits = context.get("traits") if isinstance(context, dict) else None
+        if isinstance(traits, dict):
+            event["traits"] = dict(traits)
     if event.get("type") == "page" and "category" in event:
         category = event.pop("category")
         properties = event.get("properties")
@@ -102,17 +110,21 @@ def _items(doc: Any, kind: str | None) -> tuple[list[Any], Any, bool]:
     )
 
 
-async def _track_api(request: Request, kind: str | None) -> Response:
+async def track_api(request: Request, kind: str | None, *, query_key: bool = False) -> Response:
+    """A Tracking API call: one message of ``kind``, or a batch when ``kind`` is None. The key
+    is the Basic user, else (``query_key``, sendBeacon's URL) ``?writeKey=``, else the body's."""
     svc = services(request)
     header_key = presented_key(request)
+    if header_key is None and query_key:
+        header_key = request.query_params.get("writeKey")
     if header_key is not None:
         # The Basic user first: an unknown key, or one over its rate, is refused before the
         # body is read.
-        target = await event_target(request, svc, await _write_key(svc, header_key))
-        doc = await read_json(request, svc)
+        target = await event_target(request, svc, await write_key(svc, header_key))
+        doc = await read_json(request, svc, TRACKING_TYPES)
     else:
-        doc = await read_json(request, svc)
-        key = await _write_key(svc, doc.get("writeKey") if isinstance(doc, dict) else None)
+        doc = await read_json(request, svc, TRACKING_TYPES)
+        key = await write_key(svc, doc.get("writeKey") if isinstance(doc, dict) else None)
         target = await event_target(request, svc, key)
     items, sent_at, is_batch = _items(doc, kind)
     tally = await ingest_items(request, svc, target, items, sent_at, is_batch=is_batch)
@@ -122,14 +134,14 @@ async def _track_api(request: Request, kind: str | None) -> Response:
 
 def _single(kind: str) -> Any:
     async def handler(request: Request) -> Response:
-        return await _track_api(request, kind)
+        return await track_api(request, kind)
 
     handler.__name__ = f"segment_{kind}"
     return handler
 
 
 async def post_batch(request: Request) -> Response:
-    return await _track_api(request, None)
+    return await track_api(request, None)
 
 
 def public_base(request: Request, svc: Services) -> tuple[str, str]:
@@ -159,8 +171,8 @@ def public_scheme(request: Request, svc: Services) -> str:
 async def get_settings(request: Request) -> Response:
     """What analytics.js (from its cdnURL) and analytics-kotlin/swift fetch at start."""
     svc = services(request)
-    write_key = request.path_params["write_key"]
-    key = await _write_key(svc, write_key)
+    plaintext = request.path_params["write_key"]
+    key = await write_key(svc, plaintext)
     request.scope[LOG_STATE].update(
         org_id=str(key.org_id), key_id=str(key.key_id), project_id=str(key.project_id)
     )
@@ -168,7 +180,7 @@ async def get_settings(request: Request) -> Response:
     protocol, host = public_base(request, svc)
     segment_io = {
         # analytics.js sends exactly this value as the key of every call, and none without it.
-        "apiKey": write_key,
+        "apiKey": plaintext,
         "apiHost": f"{host}/v1",
         "protocol": protocol,
         "unbundledIntegrations": [],

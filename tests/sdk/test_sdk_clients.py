@@ -1,4 +1,5 @@
-"""The real PyPI SDKs (segment-analytics-python, posthog) against a live `ingest serve`.
+"""The real PyPI SDKs (segment-analytics-python, rudder-sdk-python, posthog) against a live
+`ingest serve`.
 
 Each test sends through the SDK, flushes it, then waits (with a deadline, polling the
 database) for the rows, and checks that what was raw in the call is hashed in the row.
@@ -12,13 +13,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import httpx
 import orjson
 import pytest
 from posthog import Posthog
+from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 
 from ingest.store import init_connection
@@ -34,9 +36,16 @@ def _sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+class Live(NamedTuple):
+    base: str
+    write_key: str
+    secret: str
+    project_id: str
+
+
 @pytest.fixture(name="server")
-def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str]]:
-    """A live server, and a write key for a fresh project on it."""
+def _server(db_dsn: str, geoip_db: Path) -> Iterator[Live]:
+    """A live server, a fresh project on it with its write key, and the org's secret key."""
     with live_server(db_dsn, geoip_db) as (base, secret):
         project = httpx.post(
             base + "/v1/projects",
@@ -44,7 +53,8 @@ def _server(db_dsn: str, geoip_db: Path) -> Iterator[tuple[str, str]]:
             headers={"Authorization": f"Bearer {secret}"},
         )
         assert project.status_code == 201, project.text
-        yield base, project.json()["write_key"]["key"]
+        body = project.json()
+        yield Live(base, body["write_key"]["key"], secret, body["id"])
 
 
 def _wait_for_rows(dsn: str, count: int) -> list[dict[str, Any]]:
@@ -74,9 +84,9 @@ def _no_raw_pii(rows: list[dict[str, Any]]) -> None:
         assert raw not in dump
 
 
-def test_segment_python_sdk(server: tuple[str, str], db_dsn: str) -> None:
+def test_segment_python_sdk(server: Live, db_dsn: str) -> None:
     """segment-analytics-python: identify, track and a batch of tracks via /v1/batch, gzip."""
-    base, write_key = server
+    base, write_key = server.base, server.write_key
     errors: list[Any] = []
     client = SegmentClient(
         write_key=write_key,
@@ -103,9 +113,50 @@ def test_segment_python_sdk(server: tuple[str, str], db_dsn: str) -> None:
     _no_raw_pii(rows)
 
 
-def test_posthog_python_sdk(server: tuple[str, str], db_dsn: str) -> None:
+def test_rudderstack_python_sdk(server: Live, db_dsn: str) -> None:
+    """rudder-sdk-python: identify, track and a screen via /v1/batch, gzip, Basic auth. Its
+    identify carries the traits in context.traits only: they must make the user's state."""
+    base, write_key = server.base, server.write_key
+    errors: list[Any] = []
+    client = RudderClient(
+        write_key=write_key,
+        host=base,
+        gzip=True,
+        on_error=lambda error, _items: errors.append(type(error).__name__),
+        upload_size=2,  # several batches, not one
+        max_retries=1,
+    )
+    client.identify("user-1", {"email": EMAIL, "phone": PHONE, "plan": "pro"})
+    client.track("user-1", "Signed Up", {"source": "ads"})
+    client.screen("user-1", name="Home", properties={"n": 1})
+    for n in range(3):
+        client.track(anonymous_id="anon-1", event="Viewed", properties={"n": n})
+    client.flush()
+    client.join()
+    assert errors == []
+    rows = _wait_for_rows(db_dsn, 6)
+    [identify] = [r for r in rows if r["type"] == "identify"]
+    assert identify["email_sha256"] == _sha(EMAIL.strip().lower())
+    assert identify["phone_sha256"] == _sha("14155550100")
+    assert identify["traits"]["plan"] == "pro"
+    assert identify["context"]["library"]["name"] == "analytics-python"
+    [screen] = [r for r in rows if r["type"] == "screen"]
+    assert screen["event"] == "Home"
+    assert sorted(r["properties"]["n"] for r in rows if r["event"] == "Viewed") == list(range(3))
+    _no_raw_pii(rows)
+    profile = httpx.get(
+        f"{base}/v1/projects/{server.project_id}/users/user-1",
+        headers={"Authorization": f"Bearer {server.secret}"},
+    )
+    assert profile.status_code == 200, profile.text
+    traits = profile.json()["traits"]
+    assert traits["plan"] == "pro"
+    assert traits["email"] == _sha(EMAIL.strip().lower())
+
+
+def test_posthog_python_sdk(server: Live, db_dsn: str) -> None:
     """posthog: capture, set (person properties) and alias via /batch/, gzip."""
-    base, write_key = server
+    base, write_key = server.base, server.write_key
     errors: list[Any] = []
     client = Posthog(
         write_key,
