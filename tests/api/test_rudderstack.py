@@ -127,7 +127,7 @@ class TestBrowser:
         """One event as the v3 XHR queue posts it: originalTimestamp (no timestamp), channel,
         the AnonymousId header (ignored: the body has the id)."""
         sent = datetime.now(UTC)
-        event = {
+        event: dict[str, Any] = {
             "type": "track",
             "event": "Added",
             "anonymousId": "anon-1",
@@ -146,7 +146,7 @@ class TestBrowser:
                 **basic(write_key),
                 "Content-Type": "application/json;charset=UTF-8",
                 "AnonymousId": "YW5vbi0x",
-                "SentAt": event["sentAt"],
+                "SentAt": sent.isoformat(),
                 "Origin": "https://shop.example",
             },
         )

@@ -1,4 +1,5 @@
-"""Browser test: analytics-next in headless Chromium sends to a live ingest, rows are checked.
+"""Browser test: analytics-next and RudderStack's analytics-js in headless Chromium send to a
+live ingest, rows are checked.
 
 Run by ./run (which installs Chromium and the npm packages first); not collected by pytest.
 """
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from ingest.store import init_connection, open_event
 
 HERE = Path(__file__).resolve().parent
 INGEST = [sys.executable, "-m", "ingest.cli"]
-CHECKS = 6  # the conditions main() checks, for the closing "N passed, N failed" line
+CHECKS = 16  # the conditions main() checks, for the closing "N passed, N failed" line
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -44,9 +46,9 @@ def _free_port() -> int:
         return port
 
 
-def _rows(dsn: str, count: int, master_key: str) -> list[dict[str, Any]]:
-    """The events once ``count`` are stored, polling until a deadline, with their sealed
-    digests opened (the project is protected: keyring.py)."""
+def _rows(dsn: str, count: int, master_key: str, project_id: str) -> list[dict[str, Any]]:
+    """The project's events once ``count`` are stored, polling until a deadline, with their
+    sealed digests opened (the project is protected: keyring.py)."""
     ring = Keyring(parse_master_key(master_key))
 
     async def fetch() -> list[dict[str, Any]]:
@@ -59,7 +61,9 @@ def _rows(dsn: str, count: int, master_key: str) -> list[dict[str, Any]]:
             }
             return [
                 open_event(sealers[r["project_id"]], dict(r))
-                for r in await conn.fetch("SELECT * FROM events")
+                for r in await conn.fetch(
+                    "SELECT * FROM events WHERE project_id = $1", uuid.UUID(project_id)
+                )
             ]
         finally:
             await conn.close()
@@ -70,6 +74,42 @@ def _rows(dsn: str, count: int, master_key: str) -> list[dict[str, Any]]:
         time.sleep(0.1)  # polling interval, not an assertion
         rows = asyncio.run(fetch())
     return rows
+
+
+def _rudderstack(project: tuple[str, str], drive: Any, dsn: str, master_key: str) -> list[str]:
+    """@rudderstack/analytics-js: its source config from ingest, three events by XHR (with
+    its AnonymousId and SentAt headers, so through a preflight), then one by sendBeacon."""
+    project_id, write_key = project
+    failures: list[str] = []
+    xhr = drive(
+        f"rudder.html?writeKey={write_key}",
+        "POST /v1/page,POST /v1/identify,POST /v1/track",
+    )
+    beacon = drive(f"rudder.html?writeKey={write_key}&beacon=1", "POST /beacon/v1/batch")
+    for result in (xhr, beacon):
+        if not result.get("ok"):
+            failures.append(f"the RudderStack page failed: {result}")
+        if "GET /sourceConfig/" not in result.get("requests", []):
+            failures.append("analytics-js did not fetch its source config from ingest")
+    if "POST /beacon/v1/batch" not in beacon.get("requests", []):
+        failures.append("analytics-js sent no beacon")
+    rows = _rows(dsn, 4, master_key, project_id)
+    by = {(r["type"], r["event"]): r for r in rows}
+    want = {("page", "Home"), ("identify", None), ("track", "Clicked"), ("track", "Left")}
+    if set(by) != want:
+        failures.append(f"RudderStack rows {sorted(map(str, by))} != {sorted(map(str, want))}")
+    identify = by.get(("identify", None))
+    digest = hashlib.sha256(b"rudder.user@example.com").hexdigest()
+    if identify is None or identify["email_sha256"] != digest:
+        failures.append("the RudderStack identify's email was not stored hashed")
+    if identify is None or (identify["traits"] or {}).get("plan") != "gold":
+        failures.append("the RudderStack identify's traits (context.traits) were not its traits")
+    if "Rudder.User" in json.dumps(rows, default=str):
+        failures.append("a raw email reached a row")
+    clicked = by.get(("track", "Clicked"))
+    if clicked is None or clicked["original_timestamp"] is None:
+        failures.append("the client's originalTimestamp was not kept")
+    return failures
 
 
 def main() -> int:
@@ -112,28 +152,36 @@ def main() -> int:
                 text=True,
             )
             secret = json.loads(created.stdout)["secret_key"]["key"]
-            project = httpx.post(
-                f"http://{api}/v1/projects",
-                json={"name": "Site", "allowed_origins": [f"http://127.0.0.1:{pages.server_port}"]},
-                headers={"Authorization": f"Bearer {secret}"},
-            ).json()
-            write_key = project["write_key"]["key"]
-            url = f"http://127.0.0.1:{pages.server_port}/index.html?writeKey={write_key}&api={api}"
-            driven = subprocess.run(
-                ["node", str(HERE / "drive.mjs"), url],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
-            print(driven.stderr, file=sys.stderr)
-            result = json.loads(driven.stdout.strip().splitlines()[-1])
+            origin = f"http://127.0.0.1:{pages.server_port}"
+
+            def new_project(name: str) -> tuple[str, str]:
+                project = httpx.post(
+                    f"http://{api}/v1/projects",
+                    json={"name": name, "allowed_origins": [origin]},
+                    headers={"Authorization": f"Bearer {secret}"},
+                ).json()
+                return project["id"], project["write_key"]["key"]
+
+            def drive(page: str, wanted: str) -> dict[str, Any]:
+                driven = subprocess.run(
+                    ["node", str(HERE / "drive.mjs"), f"{origin}/{page}&api={api}", wanted],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=False,
+                )
+                print(driven.stderr, file=sys.stderr)
+                result: dict[str, Any] = json.loads(driven.stdout.strip().splitlines()[-1])
+                return result
+
             failures: list[str] = []
+            project_id, write_key = new_project("Site")
+            result = drive(f"index.html?writeKey={write_key}", "POST /v1/t,POST /v1/t")
             if not result.get("ok") or not result.get("queued"):
                 failures.append(f"the page failed: {result}")
             if f"GET /v1/projects/{write_key}/settings" not in result["requests"]:
                 failures.append("analytics-next did not fetch its settings from ingest")
-            rows = _rows(dsn, 4, master_key)
+            rows = _rows(dsn, 4, master_key, project_id)
             by = {(r["type"], r["event"]): r for r in rows}
             want = {("page", "Home"), ("identify", None), ("track", "Clicked"), ("track", "Left")}
             if set(by) != want:
@@ -147,6 +195,7 @@ def main() -> int:
             page = by.get(("page", "Home"))
             if page is not None and page["properties"].get("category") != "Docs":
                 failures.append("the page category was not kept")
+            failures += _rudderstack(new_project("RudderStack site"), drive, dsn, master_key)
             for failure in failures:
                 print(f"FAIL {failure}", file=sys.stderr)
             print(f"{CHECKS - len(failures)} passed, {len(failures)} failed")
