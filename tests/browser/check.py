@@ -1,5 +1,5 @@
-"""Browser test: analytics-next and RudderStack's analytics-js in headless Chromium send to a
-live ingest, rows are checked.
+"""Browser and npm SDK test: analytics-next and RudderStack's analytics-js in headless Chromium,
+and rudder-sdk-node in Node, send to a live ingest; rows are checked.
 
 Run by ./run (which installs Chromium and the npm packages first); not collected by pytest.
 """
@@ -31,7 +31,7 @@ from ingest.store import init_connection, open_event
 
 HERE = Path(__file__).resolve().parent
 INGEST = [sys.executable, "-m", "ingest.cli"]
-CHECKS = 16  # the conditions main() checks, for the closing "N passed, N failed" line
+CHECKS = 20  # the conditions main() checks, for the closing "N passed, N failed" line
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -109,6 +109,33 @@ def _rudderstack(project: tuple[str, str], drive: Any, dsn: str, master_key: str
     clicked = by.get(("track", "Clicked"))
     if clicked is None or clicked["original_timestamp"] is None:
         failures.append("the client's originalTimestamp was not kept")
+    return failures
+
+
+def _rudderstack_node(project: tuple[str, str], api: str, dsn: str, master_key: str) -> list[str]:
+    """rudder-sdk-node: identify, track and page in gzip batches labelled as a form."""
+    project_id, write_key = project
+    sent = subprocess.run(
+        ["node", str(HERE / "node-sdk.cjs"), write_key, f"http://{api}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    failures: list[str] = []
+    if sent.returncode != 0 or sent.stdout.strip() != "flushed":
+        failures.append(f"rudder-sdk-node did not flush: {sent.stdout.strip()} {sent.stderr}")
+    rows = _rows(dsn, 3, master_key, project_id)
+    by = {(r["type"], r["event"]): r for r in rows}
+    want = {("identify", None), ("track", "Bought"), ("page", "Home")}
+    if set(by) != want:
+        failures.append(f"rudder-sdk-node rows {sorted(map(str, by))} != {sorted(map(str, want))}")
+    identify = by.get(("identify", None))
+    digest = hashlib.sha256(b"node.user@example.com").hexdigest()
+    if identify is None or identify["email_sha256"] != digest:
+        failures.append("rudder-sdk-node's identify email was not stored hashed")
+    if "Node.User" in json.dumps(rows, default=str):
+        failures.append("a raw email reached a row")
     return failures
 
 
@@ -196,6 +223,7 @@ def main() -> int:
             if page is not None and page["properties"].get("category") != "Docs":
                 failures.append("the page category was not kept")
             failures += _rudderstack(new_project("RudderStack site"), drive, dsn, master_key)
+            failures += _rudderstack_node(new_project("Node server"), api, dsn, master_key)
             for failure in failures:
                 print(f"FAIL {failure}", file=sys.stderr)
             print(f"{CHECKS - len(failures)} passed, {len(failures)} failed")
