@@ -1,5 +1,5 @@
-"""Browser and npm SDK test: analytics-next and RudderStack's analytics-js in headless Chromium,
-and rudder-sdk-node in Node, send to a live ingest; rows are checked.
+"""Browser and npm SDK test: analytics-next, RudderStack's analytics-js and posthog-js in
+headless Chromium, and rudder-sdk-node in Node, send to a live ingest; rows are checked.
 
 Run by ./run (which installs Chromium and the npm packages first); not collected by pytest.
 """
@@ -31,7 +31,7 @@ from ingest.store import init_connection, open_event
 
 HERE = Path(__file__).resolve().parent
 INGEST = [sys.executable, "-m", "ingest.cli"]
-CHECKS = 20  # the conditions main() checks, for the closing "N passed, N failed" line
+CHECKS = 24  # the conditions main() checks, for the closing "N passed, N failed" line
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -139,6 +139,28 @@ def _rudderstack_node(project: tuple[str, str], api: str, dsn: str, master_key: 
     return failures
 
 
+def _posthog(project: tuple[str, str], drive: Any, dsn: str, master_key: str) -> list[str]:
+    """posthog-js with the README's configuration: its $pageview, identify ($set) and a
+    capture, each a POST to /e/."""
+    project_id, write_key = project
+    failures: list[str] = []
+    result = drive(f"posthog.html?writeKey={write_key}", "POST /e/,POST /e/,POST /e/")
+    if not result.get("ok"):
+        failures.append(f"the PostHog page failed: {result}")
+    rows = _rows(dsn, 3, master_key, project_id)
+    by = {(r["type"], r["event"]): r for r in rows}
+    want = {("page", None), ("identify", None), ("track", "Clicked")}
+    if set(by) != want:
+        failures.append(f"PostHog rows {sorted(map(str, by))} != {sorted(map(str, want))}")
+    identify = by.get(("identify", None))
+    digest = hashlib.sha256(b"posthog.user@example.com").hexdigest()
+    if identify is None or identify["email_sha256"] != digest or identify["user_id"] != "user-p":
+        failures.append("posthog-js's identify was not stored with its email hashed")
+    if "PostHog.User" in json.dumps(rows, default=str):
+        failures.append("a raw email reached a row")
+    return failures
+
+
 def main() -> int:
     from pgserver import get_server  # type: ignore[attr-defined]
 
@@ -224,6 +246,7 @@ def main() -> int:
                 failures.append("the page category was not kept")
             failures += _rudderstack(new_project("RudderStack site"), drive, dsn, master_key)
             failures += _rudderstack_node(new_project("Node server"), api, dsn, master_key)
+            failures += _posthog(new_project("PostHog site"), drive, dsn, master_key)
             for failure in failures:
                 print(f"FAIL {failure}", file=sys.stderr)
             print(f"{CHECKS - len(failures)} passed, {len(failures)} failed")
