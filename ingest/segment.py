@@ -19,7 +19,7 @@ from ingest.jsonx import JSONResponse
 from ingest.keys import KeyKind
 from ingest.logs import LOG_STATE
 from ingest.origins import check_origin
-from ingest.problems import Forbidden, InvalidBody
+from ingest.problems import Forbidden, InvalidBody, InvalidKey
 from ingest.routes import (
     Services,
     event_target,
@@ -58,7 +58,12 @@ _HOST: Final = re.compile(
 
 
 async def write_key(svc: Services, plaintext: Any) -> KeyRecord:
-    key = await svc.auth.lookup(plaintext if isinstance(plaintext, str) else None)
+    try:
+        key = await svc.auth.lookup(plaintext if isinstance(plaintext, str) else None)
+    except InvalidKey:
+        # RudderStack's Android and iOS SDKs stop sending (rather than retry for ever) when an
+        # error body says "invalid write key", as RudderStack's own server words it.
+        raise InvalidKey("invalid write key: missing, unknown or revoked") from None
     if key.kind is not KeyKind.WRITE:
         # A secret key in a browser's body would be a leaked secret: refuse it outright.
         raise Forbidden("the Segment and RudderStack routes take a project write key")

@@ -83,6 +83,20 @@ class TestSourceConfig:
         r = await client.get("/sourceConfig", headers=basic(secret_key))
         assert r.status_code == 403
 
+    async def test_a_bad_key_is_worded_as_the_mobile_sdks_look_for(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        """Android and iOS stop their uploader when a body says "invalid write key"; any other
+        401 they retry with backoff, for ever."""
+        unknown = "iwk_" + "0" * 40
+        batch = {"batch": [{"type": "track", "event": "x", "anonymousId": "a"}]}
+        for r in (
+            await client.post("/v1/batch", json=batch, headers=basic(unknown)),
+            await client.get("/sourceConfig", headers=basic(unknown)),
+        ):
+            assert r.status_code == 401
+            assert "invalid write key" in r.text.lower()
+
     async def test_preflight_and_allow_list(
         self, client: httpx.AsyncClient, secret_key: str
     ) -> None:
