@@ -81,9 +81,10 @@ def _message(item: Any, kind: str | None, batch_context: Any) -> Any:
         # Segment applies a batch's context to each message; the message's own keys win.
         own = event.get("context")
         event["context"] = {**batch_context, **own} if isinstance(own, dict) else batch_context
-    if event.get("type") == "identify" and event.get("traits") is None:
+    if event.get("type") == "identify" and event.get("traits") in (None, {}):
         # RudderStack's SDKs send an identify's traits in context.traits, not beside it: they
         # are the identify's traits (the user's current state), kept in context as sent too.
+        # An empty traits object beside them says nothing, so it does not hide them.
         context = event.get("context")
         traits = context.get("traits") if isinstance(context, dict) else None
         if isinstance(traits, dict):

@@ -260,8 +260,9 @@ class TestServerAndMobile:
         identify's traits (hashed, and the user's current state); a later identify wins."""
         sent = datetime.now(UTC)
 
-        def identify(plan: str, at: datetime) -> dict[str, Any]:
+        def identify(plan: str, at: datetime, **extra: Any) -> dict[str, Any]:
             return {
+                **extra,
                 "type": "identify",
                 "userId": "u-7",
                 "anonymousId": "a-7",
@@ -276,7 +277,7 @@ class TestServerAndMobile:
             "sentAt": sent.isoformat(),
             "batch": [
                 identify("free", sent - timedelta(seconds=5)),
-                identify("pro", sent - timedelta(seconds=1)),
+                identify("pro", sent - timedelta(seconds=1), traits={}),  # says nothing
             ],
         }
         r = await client.post(
